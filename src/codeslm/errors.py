@@ -8,7 +8,7 @@ class CodeslmError(Exception):
     """A problem with the user's input or files, explained in the message."""
 
 
-class IndexError_(CodeslmError):
+class IndexFormatError(CodeslmError):
     """An index directory is missing, corrupt, or written by an incompatible version."""
 
 
