@@ -126,7 +126,7 @@ def _name(node) -> str:
     if node.type in WRAPPERS:
         inner = _wrapped(node)
         return _name(inner) if inner is not None else ""
-    for field in ("name", "type", "declarator"):
+    for field in ("name", "declarator", "type"):
         child = node.child_by_field_name(field)
         if child is not None:
             return _identifier(child)

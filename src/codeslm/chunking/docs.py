@@ -21,6 +21,8 @@ MIN_SECTION_CHARS = 200
 def chunk_doc(path: str, text: str, language: str, max_chars: int) -> list[Chunk]:
     """Chunk a Markdown or reStructuredText document by its headings."""
     lines = text.splitlines(keepends=True)
+    if not lines:
+        return []
     headings = _markdown_headings(lines) if language == "markdown" else _rst_headings(lines)
     starts = [0] + [row for row, _ in headings if row > 0]
     titles = {row: title for row, title in headings}

@@ -83,7 +83,7 @@ def build_index(
     index_dir = Path(index_dir) if index_dir is not None else default_index_dir(repo)
     if index_dir.exists() and not index_dir.is_dir():
         raise IndexFormatError(f"{index_dir} is a file, not an index directory")
-    if index_dir.is_dir() and any(index_dir.iterdir()) and not is_index_dir(index_dir):
+    if index_dir.is_dir() and not is_index_dir(index_dir) and not _only_index_files(index_dir):
         raise IndexFormatError(
             f"{index_dir} exists and is not a codeslm index; choose another --index-dir"
         )
@@ -102,6 +102,14 @@ def build_index(
         _update(repo, index_dir, old, summary, dense, embedding_model, max_file_size, progress)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _only_index_files(index_dir: Path) -> bool:
+    """True for an empty directory or one a first run left before it committed anything."""
+    return all(
+        e.name in (".lock", EMBED_CACHE) or _GENERATION_FILE.match(e.name)
+        for e in index_dir.iterdir()
+    )
 
 
 def _existing(index_dir: Path, rebuild: bool) -> Manifest | None:

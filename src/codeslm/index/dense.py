@@ -12,6 +12,7 @@ import os
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +48,7 @@ class Embedder:
     @property
     def model(self):
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            import torch
-            import transformers
-            from sentence_transformers import SentenceTransformer
-
-            torch.set_num_threads(os.cpu_count() or 1)
-            transformers.logging.set_verbosity_error()
-            transformers.logging.disable_progress_bar()
-            self._model = SentenceTransformer(str(self.path), device="cpu")
+            self._model = _load_sentence_transformer(self.path)
         return self._model
 
     @property
@@ -71,6 +64,20 @@ class Embedder:
             convert_to_numpy=True,
         )
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+
+
+@cache
+def _load_sentence_transformer(path: Path):
+    """One loaded model per directory and process: loading takes seconds, encoding milliseconds."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return SentenceTransformer(str(path), device="cpu")
 
 
 class EmbeddingCache:
