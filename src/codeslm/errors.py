@@ -18,3 +18,7 @@ class ModelError(CodeslmError):
 
 class CorpusError(CodeslmError):
     """A corpus directory is missing, empty, or unusable."""
+
+
+class TrainingError(CodeslmError):
+    """Training settings, a run directory or a checkpoint that cannot be used as asked."""
