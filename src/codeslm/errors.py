@@ -22,3 +22,7 @@ class CorpusError(CodeslmError):
 
 class TrainingError(CodeslmError):
     """Training settings, a run directory or a checkpoint that cannot be used as asked."""
+
+
+class EvalError(CodeslmError):
+    """Evaluation input (samples, tasks, run directories) that is unusable, or a sandbox that cannot start."""
