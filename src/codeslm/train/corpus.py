@@ -37,6 +37,7 @@ from codeslm.train.decontaminate import (
     NGRAM,
     Decontaminator,
     humaneval_texts,
+    identifier_words,
     task_file_texts,
     word_hashes,
     word_tokens,
@@ -186,15 +187,14 @@ def _examine(path: str) -> _Examined:
     reason = quality.check(text, len(data))
     if reason:
         return _Examined(reason)
-    words = word_tokens(text)
-    hashes = word_hashes(words)
+    identifiers = identifier_words(text)
     return _Examined(
         None,
         text,
         hashlib.sha256(data).hexdigest(),
         len(data),
-        _WORKER["decontaminator"].contaminated(words, hashes),
-        signature(hashes, seed=_WORKER["seed"]),
+        _WORKER["decontaminator"].contaminated(identifiers, word_hashes(identifiers)),
+        signature(word_hashes(word_tokens(text)), seed=_WORKER["seed"]),
     )
 
 

@@ -1,8 +1,9 @@
 """Find training files that share a long word n-gram with evaluation tasks (HumanEval by default).
 
-Text is split into words (identifiers, numbers, single punctuation marks); every 13-word window of
-the task prompts and canonical solutions is banned, and a file containing any of them is flagged.
-Windows are compared by a 64-bit rolling hash, then confirmed word for word.
+Text is reduced to its identifier words (names, keywords, English words; numbers and punctuation
+dropped, so lists like `[1, 2, 3, ...]` cannot match); every 13-word window of the task prompts and
+canonical solutions is banned, and a file containing any of them is flagged. Windows are compared
+by a 64-bit rolling hash, then confirmed word for word.
 But: it only flags; the corpus builder decides what to drop and counts it.
 """
 
@@ -21,12 +22,18 @@ from codeslm.errors import CorpusError
 
 NGRAM = 13
 _WORD = re.compile(r"\w+|[^\w\s]")
+_IDENTIFIER = re.compile(r"[^\W\d]\w*")
 _BASE = np.uint64(0x100000001B3)  # FNV prime: an odd multiplier that mixes well mod 2**64
 
 
 def word_tokens(text: str) -> list[str]:
     """Identifiers/numbers and single punctuation marks of `text`, whitespace dropped."""
     return _WORD.findall(text)
+
+
+def identifier_words(text: str) -> list[str]:
+    """Identifier-like words of `text` (a letter or underscore, then word characters)."""
+    return _IDENTIFIER.findall(text)
 
 
 def word_hashes(words: list[str]) -> np.ndarray:
@@ -95,13 +102,14 @@ class Decontaminator:
         self.ngrams: set[tuple[str, ...]] = set()
         hashes = []
         for text in banned_texts:
-            words = word_tokens(text)
+            words = identifier_words(text)
             self.ngrams.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
             hashes.append(window_hashes(word_hashes(words), n))
         self.hashes = np.unique(np.concatenate(hashes)) if hashes else np.empty(0, np.uint64)
 
     def contaminated(self, words: list[str], hashes: np.ndarray) -> bool:
-        """True when `words` (with their `word_hashes`) contain a banned n-gram."""
+        """True when `words` (`identifier_words` of a text, with their `word_hashes`) contain a
+        banned n-gram."""
         if not self.ngrams or len(words) < self.n:
             return False
         candidates = np.flatnonzero(np.isin(window_hashes(hashes, self.n), self.hashes))

@@ -21,6 +21,11 @@ _GENERATED = re.compile(
 _NOT_ALNUM = re.compile(r"[\W_]+")
 
 
+# Files expanded from another source file (transformers' modeling files written from their
+# "modular" sources) say they are generated, but they are ordinary hand-style code: kept.
+_EXPANDED_FROM_SOURCE = re.compile(r"generated from \S+\.pyi?\b", re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class QualityFilter:
     """Thresholds of the quality rules; `asdict` goes into the manifest."""
@@ -46,7 +51,8 @@ class QualityFilter:
         alnum = len(_NOT_ALNUM.sub("", text))
         if alnum < self.min_alnum_fraction * len(text):
             return "low_alnum"
-        if _GENERATED.search(text, 0, self.generated_header_chars):
+        header = text[: self.generated_header_chars]
+        if _GENERATED.search(header) and not _EXPANDED_FROM_SOURCE.search(header):
             return "generated"
         return None
 
