@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +237,26 @@ def test_a_killed_build_is_not_taken_for_a_corpus(corpus, tmp_path):
         f.truncate(10)
     with pytest.raises(CorpusError, match="incomplete: train.bin"):
         Corpus.open(out)
+
+
+def test_a_build_killed_midway_leaves_no_corpus(tree, tmp_path):
+    out = tmp_path / "c"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codeslm.cli", "corpus", "build", "--out", str(out), "--src",
+         str(tree), "--vocab-size", "2000", "--val-fraction", "0.3", "--workers", "1", "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / ".partial" / "documents.jsonl").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "build ended before staging"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with pytest.raises(CorpusError, match="not a complete corpus"):
+        Corpus.open(out)
+    build_corpus(out, sources_from_dirs([tree]), vocab_size=600, val_fraction=0.3, seed=3,
+                 workers=1, progress=False)  # fmt: skip
+    assert Corpus.open(out).manifest["counts"]["documents"] > 0
 
 
 def test_rebuild_over_leftovers_and_over_an_old_corpus(tree, corpus, tmp_path):
