@@ -1,0 +1,386 @@
+"""The completion engine: cursor context -> retrieval -> prompt -> tiny model -> completion.
+
+`CompletionEngine.complete` windows the text around the cursor in tokens, queries the index with
+the last lines of the prefix (never the cursor's own chunk or anything after it), builds the
+repository-level FIM prompt, decodes with stop rules and a time budget, and trims the result.
+A keystroke cache answers requests that only typed the start of the last suggestion.
+But: it does not build indexes (see `codeslm.index`) or train models (see `codeslm.train`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from codeslm.complete.decode import CachedDecoder
+from codeslm.complete.postprocess import StopRule, trim_suffix_overlap, word_fragment
+from codeslm.errors import CodeslmError, IndexFormatError, ModelError
+
+MODES = ("bm25", "hybrid")
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    """Knobs of the engine; the defaults suit the default model on a laptop CPU."""
+
+    multiline: bool = False
+    retrieval: bool = True
+    mode: str = "bm25"  # code-to-code retrieval: "bm25" or "hybrid" (BM25 + dense, RRF)
+    k: int = 4  # retrieved chunks asked for
+    repocoder: bool = False  # retrieve a second time with the first draft appended
+    query_lines: int = 10  # last lines of the prefix in the query (plus the suffix's first)
+    prefix_tokens: int = 384  # window of the text before the cursor
+    suffix_tokens: int = 96  # window of the text after the cursor
+    max_prompt_tokens: int = 896
+    max_new_tokens: int | None = None  # None: 48 for a line, 160 for a block
+    line_budget_ms: float | None = 250.0  # after this, finish the current line and stop
+    knn_lambda: float = 0.0
+    cache_size: int = 64  # keystroke cache entries
+
+    def new_tokens(self) -> int:
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return 160 if self.multiline else 48
+
+
+@dataclass
+class CompletionRequest:
+    """A cursor: all text before it, all text after it, and the file's repository-relative path.
+
+    `extra_context` holds `(path, text)` chunks a client sends (open files, recent edits); they go
+    into the prompt after the retrieved ones, nearest the cursor.
+    """
+
+    prefix: str
+    suffix: str = ""
+    path: str = ""
+    language: str | None = None
+    extra_context: Sequence[tuple[str, str]] = ()
+
+
+@dataclass
+class RetrievedChunk:
+    path: str
+    start_line: int
+    end_line: int
+    symbol: str
+    score: float
+    text: str
+
+
+@dataclass
+class CompletionResult:
+    text: str
+    retrieved: list[RetrievedChunk] = field(default_factory=list)
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    new_tokens: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    from_cache: bool = False
+    stop_reason: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Remembered:
+    prefix: str
+    suffix: str
+    path: str
+    multiline: bool
+    text: str
+    result: CompletionResult
+
+
+def require_fim(tokenizer):
+    """The tokenizer's FIM template; `ModelError` naming the tokens it lacks when it has none."""
+    from codeslm.model.prompt import TEMPLATES, fim_template
+
+    try:
+        return fim_template(tokenizer)
+    except ModelError:
+        vocab = tokenizer.get_vocab()
+        missing = "; ".join(
+            f"{t.family}: {', '.join(s for s in (t.prefix, t.suffix, t.middle) if s not in vocab)}"
+            for t in TEMPLATES
+        )
+        raise ModelError(
+            "this model cannot fill in the middle: its tokenizer lacks the FIM tokens of every "
+            f"known family (missing per family: {missing})"
+        ) from None
+
+
+def _file_sha(text: str) -> str:
+    # The index stores this digest of each file's bytes (see codeslm.index.build).
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class CompletionEngine:
+    """Completes code at a cursor with a causal LM and, when there is one, a repository index.
+
+    Example:
+        >>> engine = CompletionEngine.open(index_dir="index/myrepo")
+        >>> engine.complete(CompletionRequest("def area(r):\\n    return ", "\\n", "geo.py")).text
+        'math.pi * r ** 2'
+    """
+
+    def __init__(self, model, tokenizer, index=None, settings: CompletionSettings = CompletionSettings(),
+                 knn=None, index_problem: str | None = None):
+        if settings.mode not in MODES:
+            raise CodeslmError(f"unknown retrieval mode {settings.mode!r}; use one of {', '.join(MODES)}")
+        self.template = require_fim(tokenizer)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.index = index
+        self.settings = settings
+        self.index_problem = index_problem
+        self.knn = knn
+        self.repo_root = Path(index.manifest.repo) if index is not None else None
+        self.repo_name = self.repo_root.name if self.repo_root is not None else None
+        self.decoder = CachedDecoder(model, tokenizer, knn, settings.knn_lambda)
+        limit = getattr(model.config, "max_position_embeddings", None) or 4096
+        self.prompt_budget = max(64, min(settings.max_prompt_tokens, limit - 160))
+        self._recent: OrderedDict[int, _Remembered] = OrderedDict()
+        self._n = 0
+
+    @classmethod
+    def open(cls, model_dir=None, index_dir=None, settings: CompletionSettings = CompletionSettings(),
+             device: str = "cpu") -> CompletionEngine:
+        """Load a model directory (default: the shipped checkpoint) and, if given, an index.
+
+        An index that is missing or unreadable does not stop completion: the engine completes
+        without retrieval and says why in every result's notes.
+        """
+        from codeslm.model.loading import load_model
+
+        model, tokenizer = load_model(model_dir, device=device)
+        index, problem = None, None
+        if index_dir is not None and (settings.retrieval or settings.knn_lambda > 0):
+            from codeslm.index import Index
+
+            try:
+                index = Index.open(index_dir)
+            except IndexFormatError as e:
+                problem = f"completed without retrieval: {e}"
+        knn = None
+        if settings.knn_lambda > 0:
+            if index_dir is None:
+                raise CodeslmError("--knn-lambda needs an index built with `codeslm index --knn`")
+            from codeslm.model.knn import KnnDatastore
+
+            knn = KnnDatastore.load(Path(index_dir), model)
+        return cls(model, tokenizer, index, settings, knn, problem)
+
+    # Public entry points ------------------------------------------------------------------
+
+    def complete(self, request: CompletionRequest, multiline: bool | None = None) -> CompletionResult:
+        """The completion at `request`'s cursor (single-line unless `multiline` or the settings say)."""
+        settings = self.settings if multiline is None else replace(self.settings, multiline=multiline)
+        started = time.perf_counter()
+        hit = self._from_cache(request, settings.multiline)
+        if hit is not None:
+            hit.timings_ms = {"total": (time.perf_counter() - started) * 1000}
+            return hit
+        result = self._complete(request, settings, started)
+        self._remember(request, settings.multiline, result)
+        return result
+
+    def complete_file(self, file: str | Path, line: int, col: int,
+                      multiline: bool | None = None) -> CompletionResult:
+        """Complete in `file` at 1-based `line` and 1-based `col` (the cursor is before that column)."""
+        file = Path(file)
+        if not file.is_file():
+            raise CodeslmError(f"{file} does not exist or is not a file")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise CodeslmError(f"{file} is not UTF-8 text ({e})") from e
+        prefix, suffix = split_at_cursor(text, line, col, str(file))
+        return self.complete(CompletionRequest(prefix, suffix, self.relative_path(file)), multiline)
+
+    def __call__(self, prefix: str, suffix: str = "", path: str = "", multiline: bool = False) -> str:
+        """The completion text alone: the callable form evaluation harnesses plug in."""
+        return self.complete(CompletionRequest(prefix, suffix, path), multiline).text
+
+    def relative_path(self, file: Path) -> str:
+        """`file`'s path inside the indexed repository (its name alone when it lies outside)."""
+        if self.repo_root is not None:
+            try:
+                return file.resolve().relative_to(self.repo_root).as_posix()
+            except ValueError:
+                pass
+        return file.name
+
+    # The pipeline ---------------------------------------------------------------------------
+
+    def _complete(self, request: CompletionRequest, settings: CompletionSettings, started: float):
+        from codeslm.chunking import language_for
+        from codeslm.chunking.languages import DOC_LANGUAGES, parser_for
+
+        notes = [self.index_problem] if self.index_problem else []
+        language = request.language or language_for(request.path or "untitled")
+        if language not in DOC_LANGUAGES and parser_for(language) is None:
+            kind = Path(request.path).suffix or language
+            notes.append(f"no grammar for {kind} files: generic stop rules")
+        fragment = word_fragment(request.prefix)
+        prefix = self._window_prefix(request.prefix[: len(request.prefix) - len(fragment)], settings)
+        suffix = self._window_suffix(request.suffix, settings)
+        cursor_line = request.prefix.rsplit("\n", 1)[-1]
+        rule = StopRule(settings.multiline, cursor_line, language)
+        timings: dict[str, float] = {}
+
+        t = time.perf_counter()
+        hits = self._retrieve(request, prefix + fragment, suffix, settings, notes, draft="")
+        timings["retrieval"] = (time.perf_counter() - t) * 1000
+
+        text, stats, prompt_ms = self._generate(request, prefix, suffix, fragment, hits, rule, settings)
+        timings.update(prompt=prompt_ms, prefill=stats.prefill_s * 1000, decode=stats.decode_s * 1000)
+
+        if settings.repocoder and self.index is not None and settings.retrieval and text.strip():
+            t = time.perf_counter()
+            hits = self._retrieve(request, prefix + fragment, suffix, settings, notes, draft=text)
+            timings["retrieval"] += (time.perf_counter() - t) * 1000
+            text, stats, prompt_ms = self._generate(request, prefix, suffix, fragment, hits, rule, settings)
+            timings["prompt"] += prompt_ms
+            timings["prefill"] += stats.prefill_s * 1000
+            timings["decode"] += stats.decode_s * 1000
+
+        text = trim_suffix_overlap(text, request.suffix, settings.multiline)
+        if not settings.multiline:
+            text = text.rstrip()
+        timings["total"] = (time.perf_counter() - started) * 1000
+        return CompletionResult(
+            text=text,
+            retrieved=hits,
+            prompt_tokens=stats.prompt_tokens,
+            reused_tokens=stats.reused_tokens,
+            new_tokens=stats.new_tokens,
+            timings_ms=timings,
+            stop_reason=stats.stop_reason,
+            notes=notes,
+        )
+
+    def _generate(self, request, prefix, suffix, fragment, hits, rule, settings):
+        from codeslm.model.prompt import build_prompt
+
+        t = time.perf_counter()
+        # Least relevant first, so the best chunk sits nearest the cursor.
+        context = [(h.path, h.text) for h in reversed(hits)] + list(request.extra_context)
+        prompt = build_prompt(
+            self.tokenizer, prefix, suffix, context, self.repo_name, max_tokens=self.prompt_budget
+        )
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt_ms = (time.perf_counter() - t) * 1000
+        deadline = None
+        if settings.line_budget_ms is not None:
+            deadline = time.perf_counter() + settings.line_budget_ms / 1000
+        text, stats = self.decoder.generate(
+            ids, max_new_tokens=settings.new_tokens(), stop=rule.apply, forced=fragment,
+            line_deadline=deadline,
+        )
+        return text, stats, prompt_ms
+
+    def _retrieve(self, request, prefix: str, suffix: str, settings, notes: list[str], draft: str):
+        if not settings.retrieval or self.index is None:
+            return []
+        lines = prefix.split("\n")
+        query = "\n".join(lines[-settings.query_lines:])
+        # The first draft stands in for the suffix's first line in the second round.
+        query += draft if draft else "\n" + suffix.split("\n", 1)[0]
+        if not query.strip():
+            if "nothing before the cursor to retrieve with" not in notes:
+                notes.append("nothing before the cursor to retrieve with")
+            return []
+        cursor_line = request.prefix.count("\n") + 1
+        exclude_files = ()
+        if request.path:
+            row = self.index.store.db.execute(
+                "SELECT sha FROM files WHERE path = ?", (request.path,)
+            ).fetchone()
+            if row is not None and row[0] != _file_sha(request.prefix + request.suffix):
+                # Line numbers in the index may no longer match this file: leave it out entirely.
+                exclude_files = (request.path,)
+                notes.append(f"the index is stale for {request.path} (changed since indexing): "
+                             "left it out of retrieval; re-run `codeslm index`")
+        try:
+            found = self.index.search_code(
+                query, k=settings.k + 4, exclude=(request.path, cursor_line) if request.path else None,
+                exclude_files=exclude_files, mode=settings.mode,
+            )
+        except IndexFormatError as e:
+            notes.append(f"completed without retrieval: {e}")
+            return []
+        # Chunks of this file that the prefix window already shows would only repeat it.
+        window_start = cursor_line - prefix.count("\n")
+        hits = [
+            RetrievedChunk(h.chunk.path, h.chunk.start_line, h.chunk.end_line, h.chunk.symbol,
+                           h.score, h.chunk.text)
+            for h in found
+            if not (h.chunk.path == request.path and h.chunk.end_line >= window_start)
+        ]
+        return hits[: settings.k]
+
+    def _window_prefix(self, prefix: str, settings: CompletionSettings) -> str:
+        """The last `prefix_tokens` of the prefix, from a line start when one is in reach."""
+        # Cut by characters first so a long file is not tokenized whole on every keystroke.
+        text = prefix[-settings.prefix_tokens * 8:]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= settings.prefix_tokens and len(text) == len(prefix):
+            return prefix
+        tail = self.tokenizer.decode(ids[-settings.prefix_tokens:])
+        cut = tail.find("\n")
+        return tail[cut + 1:] if 0 <= cut < len(tail) - 1 else tail
+
+    def _window_suffix(self, suffix: str, settings: CompletionSettings) -> str:
+        """The first `suffix_tokens` of the suffix, to a line end when one is in reach."""
+        text = suffix[: settings.suffix_tokens * 8]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= settings.suffix_tokens:
+            return text
+        head = self.tokenizer.decode(ids[: settings.suffix_tokens])
+        cut = head.rfind("\n")
+        return head[: cut + 1] if cut > 0 else head
+
+    # Keystroke cache ------------------------------------------------------------------------
+
+    def _from_cache(self, request: CompletionRequest, multiline: bool) -> CompletionResult | None:
+        """The rest of a remembered suggestion when the user typed its start since."""
+        for key in reversed(self._recent):
+            old = self._recent[key]
+            if old.path != request.path or old.multiline != multiline or old.suffix != request.suffix:
+                continue
+            if not request.prefix.startswith(old.prefix):
+                continue
+            typed = request.prefix[len(old.prefix):]
+            if typed and len(typed) < len(old.text) and old.text.startswith(typed):
+                self._recent.move_to_end(key)
+                return replace(old.result, text=old.text[len(typed):], from_cache=True,
+                               notes=list(old.result.notes), timings_ms={})
+        return None
+
+    def _remember(self, request: CompletionRequest, multiline: bool, result: CompletionResult) -> None:
+        if not result.text or self.settings.cache_size <= 0:
+            return
+        self._n += 1
+        self._recent[self._n] = _Remembered(request.prefix, request.suffix, request.path, multiline,
+                                            result.text, result)
+        while len(self._recent) > self.settings.cache_size:
+            self._recent.popitem(last=False)
+
+
+def split_at_cursor(text: str, line: int, col: int, name: str = "the file") -> tuple[str, str]:
+    """`(prefix, suffix)` of `text` at 1-based `line` and `col`; a clear error outside the text."""
+    lines = text.split("\n")
+    if line < 1 or line > len(lines):
+        raise CodeslmError(f"line {line} is outside {name}, which has lines 1 to {len(lines)}")
+    width = len(lines[line - 1])
+    if col < 1 or col > width + 1:
+        raise CodeslmError(f"column {col} is outside line {line} of {name}, which has columns 1 to {width + 1}")
+    offset = sum(len(ln) + 1 for ln in lines[: line - 1]) + col - 1
+    return text[:offset], text[offset:]
