@@ -1,0 +1,62 @@
+"""The kNN-LM datastore: it raises the probability of a repository's own next token, survives a
+save/load round trip, and refuses a model that did not build it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from completion_fixtures import CONFIG_FILE, train_nano_model, write_repo
+
+from codeslm.errors import ModelError
+from codeslm.model.knn import KnnDatastore, model_fingerprint
+
+
+@pytest.fixture(scope="module")
+def nano():
+    return train_nano_model(steps=30)
+
+
+@pytest.fixture(scope="module")
+def store(nano, tmp_path_factory):
+    root = write_repo(tmp_path_factory.mktemp("repo") / "demo")
+    files = [(p.name, p.read_text()) for p in sorted(root.glob("*.py"))]
+    return KnnDatastore.build(nano[0], nano[1], files, progress=False)
+
+
+@torch.inference_mode()
+def next_token_probs(model, tokenizer, text: str):
+    """`(log p_LM (V,), final hidden state (d,))` after `text`."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    return torch.log_softmax(out.logits[0, -1].float(), -1), out.hidden_states[-1][0, -1]
+
+
+def test_datastore_raises_the_probability_of_a_repository_token(nano, store):
+    model, tokenizer = nano
+    # config.py's policy name appears nowhere in the model's training data.
+    cut = CONFIG_FILE.index("quixotic")
+    context = "<file_sep>config.py\n" + CONFIG_FILE[:cut]
+    target = tokenizer(CONFIG_FILE[:cut] + "quixotic", add_special_tokens=False)["input_ids"][
+        len(tokenizer(CONFIG_FILE[:cut], add_special_tokens=False)["input_ids"])
+    ]
+    log_p, hidden = next_token_probs(model, tokenizer, context)
+    mixed = store.interpolate(log_p, hidden, lam=0.5)
+    assert float(mixed.exp().sum()) == pytest.approx(1.0, abs=1e-4)
+    p_lm, p_mix = float(log_p[target].exp()), float(mixed[target].exp())
+    assert p_mix > 0.3 and p_mix > 5 * p_lm
+    assert torch.equal(store.interpolate(log_p, hidden, lam=0.0), torch.log(log_p.exp() + 1e-30))
+
+
+def test_round_trip_and_refusal_of_another_model(nano, store, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    model, tokenizer = nano
+    store.save(tmp_path)
+    loaded = KnnDatastore.load(tmp_path, model)
+    assert loaded.meta == store.meta and loaded.index.ntotal == store.meta["entries"]
+    other = LlamaForCausalLM(model.config)
+    assert model_fingerprint(other) != model_fingerprint(model)
+    with pytest.raises(ModelError, match="built by another model"):
+        KnnDatastore.load(tmp_path, other)
+    with pytest.raises(ModelError, match="no kNN datastore"):
+        KnnDatastore.load(tmp_path / "elsewhere", model)
