@@ -51,8 +51,15 @@ def _find_index_dir(index_dir: Path | None) -> Path:
 @click.option("--max-file-size", type=int, default=1_000_000, show_default=True,
               help="Skip files larger than this many bytes.")
 @click.option("--rebuild", is_flag=True, help="Ignore the existing index and build anew.")
+@click.option("--knn", is_flag=True,
+              help="Also store the model's hidden state at every code token (kNN-LM datastore).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="With --knn: the model whose hidden states are stored [default: the shipped one].")
+@click.option("--knn-max-tokens", type=click.IntRange(min=1), default=2_000_000, show_default=True,
+              help="With --knn: store at most this many tokens.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def index_cmd(path, index_dir, embedding_model, no_dense, max_file_size, rebuild, quiet):
+def index_cmd(path, index_dir, embedding_model, no_dense, max_file_size, rebuild, knn, model_dir,
+              knn_max_tokens, quiet):
     """Index the repository at PATH (incrementally when its index exists)."""
     from codeslm.index import build_index
 
@@ -72,6 +79,12 @@ def index_cmd(path, index_dir, embedding_model, no_dense, max_file_size, rebuild
         click.echo(f"  {summary.parse_fallbacks} files did not parse; chunked by line windows")
     for reason, count in sorted(summary.skipped.items(), key=lambda kv: -kv[1]):
         click.echo(f"  skipped {count}: {reason}")
+    if knn:
+        from codeslm.model.knn import build_index_datastore
+
+        store = build_index_datastore(summary.index_dir, model_dir, max_tokens=knn_max_tokens,
+                                      progress=not quiet)
+        click.echo(f"  kNN datastore: {store.meta['entries']} tokens of {store.meta['files']} files")
 
 
 @cli.command("search")
@@ -211,6 +224,55 @@ def tokenizer_train_cmd(corpus_dir, vocab_size, out_dir):
     tokenizer, bpt = train_corpus_tokenizer(corpus_dir, vocab_size, out_dir)
     click.echo(f"tokenizer with {len(tokenizer)} tokens written to {out_dir}")
     click.echo(f"bytes per token (val): {bpt:.3f}")
+
+
+@cli.command("complete")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--line", type=int, required=True, help="Cursor line, 1-based.")
+@click.option("--col", type=int, required=True,
+              help="Cursor column, 1-based: the cursor sits before this character (line length + 1 "
+                   "is the end of the line).")
+@click.option("--index-dir", type=click.Path(path_type=Path), default=None,
+              help="The repository's index [default: the only one under ./index/, else none].")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="A local HF causal-LM directory with FIM tokens [default: the shipped model].")
+@click.option("--multiline", is_flag=True, help="Complete a block, not just the rest of the line.")
+@click.option("--no-retrieval", is_flag=True, help="Do not put retrieved code in the prompt.")
+@click.option("--mode", type=click.Choice(["bm25", "hybrid"]), default="bm25", show_default=True,
+              help="Retrieval: BM25, or BM25 fused with dense embeddings.")
+@click.option("--repocoder", is_flag=True, help="Retrieve again with the first draft appended.")
+@click.option("--knn-lambda", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Weight of the index's kNN datastore in the next-token distribution.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or auto.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the completion with retrieved chunks, prompt size and time split.")
+def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval, mode, repocoder,
+                 knn_lambda, device, as_json):
+    """Complete the code in FILE at --line/--col with retrieval from the repository's index."""
+    import json
+
+    from codeslm.complete import CompletionEngine, CompletionSettings
+
+    if index_dir is None and not no_retrieval:
+        try:
+            index_dir = _find_index_dir(None)
+        except click.UsageError:
+            index_dir = None
+    settings = CompletionSettings(multiline=multiline, retrieval=not no_retrieval, mode=mode,
+                                  repocoder=repocoder, knn_lambda=knn_lambda)
+    engine = CompletionEngine.open(model_dir, index_dir, settings, device=device)
+    result = engine.complete_file(file, line, col)
+    if index_dir is None and not no_retrieval:
+        result.notes.append("no index given or found under ./index/: completed without retrieval")
+    if as_json:
+        data = result.to_dict()
+        for chunk in data["retrieved"]:
+            chunk.pop("text")
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(result.text)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
 
 
 def main() -> None:
