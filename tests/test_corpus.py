@@ -348,6 +348,12 @@ def _words(text):
             + "def f():\n    return 1\n" * 10,
             None,
         ),  # fmt: skip
+        (
+            "# This file was automatically generated from the modules in `src/models/x`.\n"
+            + "def f():\n    return 1\n" * 10,
+            None,
+        ),
+        ("# Generated from schema.proto. DO NOT EDIT.\n" + "X = 1\n" * 30, "generated"),
         ("def f():\n    return 1\n" * 10, None),
     ],
 )

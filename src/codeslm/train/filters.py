@@ -23,7 +23,7 @@ _NOT_ALNUM = re.compile(r"[\W_]+")
 
 # Files expanded from another source file (transformers' modeling files written from their
 # "modular" sources) say they are generated, but they are ordinary hand-style code: kept.
-_EXPANDED_FROM_SOURCE = re.compile(r"generated from \S+\.pyi?\b", re.IGNORECASE)
+_EXPANDED_FROM_SOURCE = re.compile(r"generated from [^\n]*?(?:\.pyi?\b|the modules in)", re.I)
 
 
 @dataclass(frozen=True)
