@@ -226,6 +226,89 @@ def tokenizer_train_cmd(corpus_dir, vocab_size, out_dir):
     click.echo(f"bytes per token (val): {bpt:.3f}")
 
 
+@cli.command("train")
+@click.option("--recipe", type=click.Path(path_type=Path), default=None,
+              help="JSON recipe of training settings (e.g. src/codeslm/train/recipes/default.json); "
+                   "options given here override it.")
+@click.option("--corpus", default=None, help="Corpus directory from `codeslm corpus build`.")
+@click.option("--run-dir", default=None, help="Where checkpoints, logs, plot and export go.")
+@click.option("--size", type=click.Choice(["nano", "micro", "tiny"]), default=None,
+              help="Model size preset: nano ~0.6M, micro ~3.6M, tiny ~23M parameters (8k vocab).")
+@click.option("--d-model", type=int, default=None, help="Override the preset's width.")
+@click.option("--n-layers", type=int, default=None, help="Override the preset's depth.")
+@click.option("--n-heads", type=int, default=None, help="Override the preset's attention heads.")
+@click.option("--n-kv-heads", type=int, default=None, help="Override the preset's key/value heads.")
+@click.option("--d-ff", type=int, default=None, help="Override the preset's MLP width.")
+@click.option("--seq-len", type=int, default=None, help="Tokens per training row.")
+@click.option("--batch-size", type=int, default=None, help="Rows per micro-batch.")
+@click.option("--grad-accum", type=int, default=None, help="Micro-batches per optimizer step.")
+@click.option("--max-steps", type=int, default=None, help="Optimizer steps (sets the schedule).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--warmup-steps", type=int, default=None, help="Linear warmup steps.")
+@click.option("--fim-rate", type=float, default=None, help="Share of windows turned into FIM.")
+@click.option("--spm-rate", type=float, default=None, help="Share of FIM windows in SPM order.")
+@click.option("--retrieval-rate", type=float, default=None,
+              help="Share of rows that start with retrieved context for a file.")
+@click.option("--retrieval-pool", type=int, default=None,
+              help="Training files to precompute retrieved context for.")
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default=None, help="auto (CUDA if present), cpu or cuda[:N].")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads (0: torch's default; 1 is fastest on a busy machine).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+              help="auto: bf16 autocast on CUDA and AMX CPUs, else fp32.")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
+@click.option("--eval-every", type=int, default=None, help="Steps between validation passes.")
+@click.option("--checkpoint-every", type=float, default=None, help="Seconds between checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its checkpoint.")
+@click.option("--until-step", type=int, default=None,
+              help="Stop after this step with a checkpoint (resume later with --resume).")
+@click.option("--export-latest", type=click.Path(path_type=Path), default=None,
+              help="Do not train: export the run's latest checkpoint to this directory.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
+def train_cmd(recipe, corpus, run_dir, size, d_model, n_layers, n_heads, n_kv_heads, d_ff, seq_len,
+              batch_size, grad_accum, max_steps, lr, warmup_steps, fim_rate, spm_rate,
+              retrieval_rate, retrieval_pool, seed, device, threads, precision, compile_, eval_every,
+              checkpoint_every, resume, until_step, export_latest, quiet):
+    """Pretrain a model on a corpus (FIM + retrieval-augmented rows); resumable, exports HF format."""
+    from codeslm.train.pretrain import export_latest_checkpoint, train
+    from codeslm.train.settings import TrainSettings, load_recipe
+
+    settings = load_recipe(recipe) if recipe else TrainSettings()
+    settings = settings.with_overrides(
+        corpus=corpus, run_dir=run_dir, size=size, d_model=d_model, n_layers=n_layers,
+        n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff, seq_len=seq_len, batch_size=batch_size,
+        grad_accum=grad_accum, max_steps=max_steps, lr=lr, warmup_steps=warmup_steps,
+        fim_rate=fim_rate, spm_rate=spm_rate, retrieval_rate=retrieval_rate,
+        retrieval_pool=retrieval_pool, seed=seed, device=device, threads=threads, precision=precision,
+        compile=compile_, eval_every=eval_every, checkpoint_every_s=checkpoint_every,
+    )
+    if export_latest:
+        out = export_latest_checkpoint(settings.run_dir, export_latest)
+        click.echo(f"exported the latest checkpoint of {settings.run_dir} to {out}")
+        return
+
+    def show(entry: dict) -> None:
+        if quiet:
+            return
+        if "val_loss" in entry:
+            click.echo(f"step {entry['step']}: val loss {entry['val_loss']:.4f}, "
+                       f"val bits/byte {entry['val_bpb']:.4f}", err=True)
+        elif entry["step"] % (settings.log_every * 10) == 0:
+            mfu = f", MFU {entry['mfu'] * 100:.2f}%" if entry.get("mfu") else ""
+            click.echo(f"step {entry['step']}: loss {entry['loss']:.4f}, lr {entry['lr']:.2e}, "
+                       f"{entry['tok_s']:.0f} tok/s{mfu}", err=True)
+
+    result = train(settings, resume=resume, until_step=until_step, progress=not quiet, on_log=show)
+    click.echo(f"{result.params / 1e6:.2f}M parameters, step {result.step}, "
+               f"{result.tokens:,} tokens, {result.wall_s / 60:.1f} min")
+    click.echo(f"val loss {result.val_loss:.4f}, val bits/byte {result.val_bpb:.4f}")
+    if result.export_dir:
+        click.echo(f"model exported to {result.export_dir} (loss curve: {result.run_dir}/loss-curve.png)")
+    else:
+        click.echo(f"stopped at a checkpoint; continue with --resume --run-dir {result.run_dir}")
+
+
 @cli.command("complete")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--line", type=int, required=True, help="Cursor line, 1-based.")
@@ -273,6 +356,37 @@ def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval,
     click.echo(result.text)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
+
+
+@cli.command("generate")
+@click.argument("prompt", required=False)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="A local HF causal-LM directory [default: the shipped model].")
+@click.option("--prefix", default=None, help="Code before the cursor (fill-in-the-middle mode).")
+@click.option("--suffix", default=None, help="Code after the cursor (fill-in-the-middle mode).")
+@click.option("--max-new-tokens", type=click.IntRange(min=0), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0 decodes greedily.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
+@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or auto.")
+def generate_cmd(prompt, model_dir, prefix, suffix, max_new_tokens, temperature, top_p, stop, seed, device):
+    """Continue PROMPT, or fill in between --prefix and --suffix, with a causal LM."""
+    if prompt is not None and (prefix is not None or suffix is not None):
+        raise click.UsageError("give either PROMPT or --prefix/--suffix, not both")
+    if prompt is None and prefix is None and suffix is None:
+        raise click.UsageError("give either PROMPT or --prefix/--suffix")
+    from codeslm.model.generate import generate
+    from codeslm.model.loading import load_model
+    from codeslm.model.prompt import build_prompt
+
+    model, tokenizer = load_model(model_dir, device=device)
+    if prompt is None:
+        prompt = build_prompt(tokenizer, prefix or "", suffix or "",
+                              max_tokens=model.config.max_position_embeddings)
+    click.echo(generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens,
+                        temperature=temperature, top_p=top_p, stop=stop, seed=seed))
 
 
 def main() -> None:

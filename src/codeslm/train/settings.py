@@ -1,0 +1,137 @@
+"""Training settings: one dataclass, read from a JSON recipe and overridden from the command line.
+
+Settings split into those that define the run (the model, the data mix, the schedule: a resumed
+run must match them exactly) and those that only steer this process (device, paths, logging).
+But: it does not train (see `codeslm.train.pretrain`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from codeslm.errors import TrainingError
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    corpus: str = "runs/corpus-default"
+    run_dir: str = "runs/default"
+    # Model: a preset and optional overrides of its shape.
+    size: str = "micro"
+    d_model: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    d_ff: int | None = None
+    # Data: packed rows of seq_len tokens; FIM and retrieval-augmented shares.
+    seq_len: int = 512
+    fim_rate: float = 0.5
+    spm_rate: float = 0.5
+    retrieval_rate: float = 0.25
+    retrieval_pool: int = 4000
+    retrieval_k: int = 4
+    retrieval_context_tokens: int = 256
+    # Optimisation.
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 1234
+    # This process only: may differ between a run and its resumption.
+    device: str = "auto"
+    # CPU threads (0: torch's default). One thread per busy core: on a shared machine two
+    # threads that wait on each other at every matmul ran 4x slower than one.
+    threads: int = 0
+    precision: str = "auto"
+    compile: bool = False
+    eval_every: int = 200
+    eval_rows: int = 64
+    checkpoint_every_s: float = 300.0
+    log_every: int = 10
+
+    RUN_ONLY = frozenset(
+        {
+            "corpus",
+            "run_dir",
+            "device",
+            "compile",
+            "eval_every",
+            "eval_rows",
+            "checkpoint_every_s",
+            "log_every",
+        }
+    )
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.seq_len
+
+    def identity(self) -> dict:
+        """The settings a resumed run must share with the run it resumes."""
+        return {k: v for k, v in asdict(self).items() if k not in self.RUN_ONLY}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_overrides(self, **overrides) -> TrainSettings:
+        """A copy with every non-None override applied (unknown names refused)."""
+        names = {f.name for f in fields(self)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TrainingError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def check(self) -> TrainSettings:
+        """Refuse settings that cannot train; returns self."""
+        problems = []
+        for name in (
+            "seq_len",
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_rows",
+            "log_every",
+            "eval_every",
+        ):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        for name in ("fim_rate", "spm_rate", "retrieval_rate", "min_lr_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be between 0 and 1")
+        if self.lr <= 0:
+            problems.append("lr must be positive")
+        if self.warmup_steps < 0:
+            problems.append("warmup_steps must be >= 0")
+        if self.retrieval_rate > 0 and not 16 <= self.retrieval_context_tokens <= self.seq_len // 2:
+            problems.append(
+                f"retrieval_context_tokens must be between 16 and seq_len/2 = {self.seq_len // 2}"
+            )
+        if self.precision not in ("auto", "fp32", "bf16"):
+            problems.append("precision must be auto, fp32 or bf16")
+        if problems:
+            raise TrainingError("bad training settings: " + "; ".join(problems))
+        return self
+
+
+def load_recipe(path: str | Path) -> TrainSettings:
+    """Settings from a JSON recipe (keys are `TrainSettings` fields; `_comment` keys ignored)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise TrainingError(f"cannot read recipe {path}: {e}") from e
+    except json.JSONDecodeError as e:
+        raise TrainingError(f"recipe {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise TrainingError(f"recipe {path} must hold a JSON object")
+    return TrainSettings().with_overrides(
+        **{k: v for k, v in data.items() if not k.startswith("_")}
+    )

@@ -1,0 +1,204 @@
+"""Training rows: packed documents with FIM, plus rows that put retrieved context before a file.
+
+A plain row is cut from a stream of document windows (each window of a shuffled epoch, with FIM at
+`fim_rate`, half of those SPM at `spm_rate`) packed back to back. A retrieval row starts with a
+file's retrieved context (no loss), then that file (FIM, or `<file_sep>PATH\\n` and its text),
+then packed windows fill the rest. Everything is drawn from one seeded generator, and `state()`
+/ `restore()` capture the exact position, so a resumed run sees the same rows.
+But: it does not retrieve (see `codeslm.train.retrieval_examples`) or train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from codeslm.train.fim import FimIds, to_fim
+from codeslm.train.retrieval_examples import RetrievalContexts
+from codeslm.train.shards import Split
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    seq_len: int
+    fim_rate: float
+    spm_rate: float
+    retrieval_rate: float
+    seed: int
+
+
+class TrainingStream:
+    """Rows of `seq_len + 1` token ids with a loss mask, from one split of a corpus."""
+
+    def __init__(
+        self,
+        split: Split,
+        tokenizer,
+        settings: StreamSettings,
+        contexts: RetrievalContexts | None = None,
+        paths: dict[int, str] | None = None,
+    ):
+        self.split = split
+        self.settings = settings
+        self.contexts = contexts if contexts is not None and len(contexts) else None
+        self.eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.fim_ids = FimIds.from_tokenizer(tokenizer)
+        self.row_of_doc = {int(d): i for i, d in enumerate(split.docs[:, 0])}
+        self.headers: dict[int, np.ndarray] = {}
+        if self.contexts is not None:
+            from codeslm.model.prompt import fim_template
+
+            template = fim_template(tokenizer)
+
+            def encode(path: str) -> np.ndarray:
+                text = template.block(path, "")
+                return np.array(
+                    tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64
+                )
+
+            self.blank_header = encode("")
+            for doc_id in self.contexts.doc_ids.tolist():
+                self.headers[doc_id] = encode((paths or {}).get(doc_id, ""))
+        self.rng = np.random.default_rng(settings.seed)
+        self.epoch = self.pos = self.window = 0
+        self.r_epoch = self.r_pos = 0
+        self.buffer = np.zeros(0, dtype=np.int64)
+        self.buffer_mask = np.zeros(0, dtype=bool)
+        self._order = self._permutation(len(split.docs), 0, 0)
+        self._r_order = self._permutation(len(self.contexts) if self.contexts else 0, 1, 0)
+
+    def _permutation(self, n: int, stream: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng((self.settings.seed, stream, epoch)).permutation(n)
+
+    # Plain stream -------------------------------------------------------------------------
+
+    def _next_piece(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next document window, maybe FIM-transformed, ending in end of text if it ends one."""
+        length = self.settings.seq_len
+        while True:
+            if self.pos == len(self._order):
+                self.epoch, self.pos, self.window = self.epoch + 1, 0, 0
+                self._order = self._permutation(len(self.split.docs), 0, self.epoch)
+            _, start, end = self.split.docs[self._order[self.pos]]
+            lo = start + self.window * length
+            if lo >= end:
+                self.pos, self.window = self.pos + 1, 0
+                continue
+            hi = min(end, lo + length)
+            self.window += 1
+            tokens = np.asarray(self.split.tokens[lo:hi], dtype=np.int64)
+            last = hi == end
+            if self.rng.random() < self.settings.fim_rate:
+                tokens = to_fim(
+                    tokens, self.fim_ids, self.rng, self.rng.random() < self.settings.spm_rate
+                )
+                last = True  # the end of text closes the middle, so generation learns to stop
+            if last:
+                tokens = np.append(tokens, self.eot)
+            return tokens, np.ones(len(tokens), dtype=bool)
+
+    def _take_plain(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        while len(self.buffer) < n:
+            tokens, mask = self._next_piece()
+            self.buffer = np.concatenate([self.buffer, tokens])
+            self.buffer_mask = np.concatenate([self.buffer_mask, mask])
+        out = self.buffer[:n], self.buffer_mask[:n]
+        self.buffer, self.buffer_mask = self.buffer[n:], self.buffer_mask[n:]
+        return out
+
+    # Retrieval rows -----------------------------------------------------------------------
+
+    def _retrieval_part(self) -> tuple[np.ndarray, np.ndarray]:
+        """Retrieved context (masked) and then the file it was retrieved for."""
+        if self.r_pos == len(self._r_order):
+            self.r_epoch, self.r_pos = self.r_epoch + 1, 0
+            self._r_order = self._permutation(len(self.contexts), 1, self.r_epoch)
+        i = int(self._r_order[self.r_pos])
+        self.r_pos += 1
+        context = self.contexts.context(i).astype(np.int64)
+        doc_id = int(self.contexts.doc_ids[i])
+        _, start, end = self.split.docs[self.row_of_doc[doc_id]]
+        space = self.settings.seq_len + 1 - len(context)
+        fim = self.rng.random() < self.settings.fim_rate
+        spm = self.rng.random() < self.settings.spm_rate
+        # Half the files go unnamed, as they are when a caller does not pass the path.
+        header = self.headers[doc_id] if self.rng.random() < 0.5 else self.blank_header
+        room = space - 4 if fim else space - len(header) - 1
+        n = min(end - start, room)
+        offset = int(self.rng.integers(0, end - start - n + 1))
+        tokens = np.asarray(self.split.tokens[start + offset : start + offset + n], dtype=np.int64)
+        if fim:
+            target = np.append(to_fim(tokens, self.fim_ids, self.rng, spm), self.eot)
+        else:
+            reaches_end = start + offset + n == end
+            target = np.concatenate([header, tokens, [self.eot] if reaches_end else []]).astype(
+                np.int64
+            )
+        row = np.concatenate([context, target])
+        mask = np.concatenate(
+            [np.zeros(len(context), dtype=bool), np.ones(len(target), dtype=bool)]
+        )
+        return row, mask
+
+    # Rows and batches ---------------------------------------------------------------------
+
+    def next_row(self) -> tuple[np.ndarray, np.ndarray]:
+        """`seq_len + 1` token ids and whether each is a training target."""
+        width = self.settings.seq_len + 1
+        if self.contexts is not None and self.rng.random() < self.settings.retrieval_rate:
+            row, mask = self._retrieval_part()
+            rest, rest_mask = self._take_plain(width - len(row))
+            return np.concatenate([row, rest]), np.concatenate([mask, rest_mask])
+        return self._take_plain(width)
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(input_ids, labels)`, both (batch_size, seq_len); labels are -100 where masked."""
+        rows, masks = zip(*(self.next_row() for _ in range(batch_size)), strict=True)
+        rows_t = torch.from_numpy(np.stack(rows))
+        labels = rows_t[:, 1:].clone()
+        labels[~torch.from_numpy(np.stack(masks))[:, 1:]] = IGNORE
+        return rows_t[:, :-1].contiguous(), labels
+
+    def state(self) -> dict:
+        return {
+            "rng": self.rng.bit_generator.state,
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "window": self.window,
+            "r_epoch": self.r_epoch,
+            "r_pos": self.r_pos,
+            "buffer": torch.from_numpy(self.buffer.copy()),
+            "buffer_mask": torch.from_numpy(self.buffer_mask.copy()),
+        }
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.epoch, self.pos, self.window = state["epoch"], state["pos"], state["window"]
+        self.r_epoch, self.r_pos = state["r_epoch"], state["r_pos"]
+        self.buffer = state["buffer"].numpy().astype(np.int64)
+        self.buffer_mask = state["buffer_mask"].numpy().astype(bool)
+        self._order = self._permutation(len(self.split.docs), 0, self.epoch)
+        if self.contexts is not None:
+            self._r_order = self._permutation(len(self.contexts), 1, self.r_epoch)
+
+
+def validation_rows(
+    split: Split, seq_len: int, n_rows: int, eot: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n_rows` fixed windows spread evenly over a split: `(input_ids, labels)`.
+
+    Labels skip end-of-text targets, so the loss counts only bytes of code (bits per byte).
+    """
+    total = split.n_tokens
+    width = min(seq_len + 1, total)
+    starts = np.linspace(0, total - width, num=n_rows).astype(np.int64)
+    rows = torch.from_numpy(
+        np.stack([np.asarray(split.tokens[s : s + width], dtype=np.int64) for s in starts])
+    )
+    labels = rows[:, 1:].clone()
+    labels[labels == eot] = IGNORE
+    return rows[:, :-1].contiguous(), labels
