@@ -5,6 +5,7 @@ killed build leaves behind never taken for a complete corpus."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -61,6 +62,7 @@ def _write(path: Path, content: str | bytes) -> Path:
 EXPECTED_DROPS = {
     "binary": 1,
     "not_utf8": 1,
+    "unreadable": 1,
     "too_small": 1,
     "long_lines": 1,
     "generated": 1,
@@ -97,6 +99,7 @@ def _make_tree(root: Path) -> dict:
     _write(root / "epsilon" / "blob.py", b"import os\n" + b"\x00\x01\x02" * 100)
     _write(root / "epsilon" / "latin1.py", ("# caf\xe9\n" + _module(rng, 2)).encode("latin-1"))
     _write(root / "epsilon" / "tiny.py", "x = 1\n")
+    os.mkfifo(root / "epsilon" / "pipe.py")  # reading it would block forever
     _write(root / "zeta" / "minified.py", "DATA = [" + ",".join(map(str, range(600))) + "]\n")
     _write(
         root / "zeta" / "pb2.py",

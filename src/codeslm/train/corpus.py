@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import shutil
+import stat
 import sysconfig
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,6 +142,7 @@ def discover(sources: Sequence[Source]) -> list[_File]:
             )
             for fn in sorted(filenames):
                 full = Path(dirpath, fn)
+                # Symlinks would repeat files (or loop); the real file is collected where it is.
                 if full.suffix.lower() in src.extensions and not full.is_symlink():
                     rel = full.relative_to(src.path)
                     found.append(
@@ -172,7 +177,10 @@ def _examine(path: str) -> _Examined:
     """Read one file and compute everything the builder needs to keep or drop it."""
     quality: QualityFilter = _WORKER["quality"]
     try:
-        if os.path.getsize(path) > quality.max_bytes:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+            return _Examined("unreadable")
+        if info.st_size > quality.max_bytes:
             return _Examined("too_large")
         with open(path, "rb") as f:
             data = f.read()
@@ -198,11 +206,36 @@ def _examine(path: str) -> _Examined:
     )
 
 
-def _pool(workers: int, initializer, initargs):
-    import multiprocessing
+def _examine_many(paths: list[str]) -> list[_Examined]:
+    return [_examine(p) for p in paths]
 
+
+def _ordered_map(fn, items: Iterable, workers: int, initializer, initargs) -> Iterator:
+    """`fn` over `items` in `workers` processes, results in input order, a few items in flight.
+
+    A worker that dies (killed, out of memory) fails the build with a clear error rather than
+    leaving it waiting forever, which is what `multiprocessing.Pool` does.
+    """
+    if workers <= 1:
+        initializer(*initargs)
+        yield from map(fn, items)
+        return
     # spawn: the parent may hold tokenizers/torch threads, which a fork would copy half-alive.
-    return multiprocessing.get_context("spawn").Pool(workers, initializer, initargs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, initializer, initargs) as executor:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(executor.submit(fn, item))
+                if len(pending) >= 4 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool as e:
+            raise CorpusError("a corpus worker process died (killed or out of memory)") from e
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def split_packages(package_bytes: dict[str, int], val_fraction: float, seed: int) -> set[str]:
@@ -275,25 +308,17 @@ def _write_shards(
         total=sum(d["bytes"] for d in split_docs), unit="B", unit_scale=True,
         desc=f"tokenize {split}", disable=not progress,
     ) as bar:  # fmt: skip
-        if workers > 1 and len(batches) > 1:
-            pool = _pool(workers, _init_encoder, (tokenizer_json,))
-            encoded = pool.imap(_encode, [[d["text"] for d in b] for b in batches])
-        else:
-            pool = None
-            _init_encoder(tokenizer_json)
-            encoded = (_encode([d["text"] for d in b]) for b in batches)
-        try:
-            for batch, ids_list in zip(batches, encoded, strict=True):
-                for doc, ids in zip(batch, ids_list, strict=True):
-                    out.write(np.append(ids, eot_id).astype(dtype).tobytes())
-                    rows[i] = (doc["id"], offset, offset + len(ids))
-                    offset += len(ids) + 1
-                    n_bytes += doc["bytes"]
-                    i += 1
-                    bar.update(doc["bytes"])
-        finally:
-            if pool is not None:
-                pool.terminate()
+        texts = ([d["text"] for d in b] for b in batches)
+        workers = workers if len(batches) > 1 else 1
+        encoded = _ordered_map(_encode, texts, workers, _init_encoder, (tokenizer_json,))
+        for batch, ids_list in zip(batches, encoded, strict=True):
+            for doc, ids in zip(batch, ids_list, strict=True):
+                out.write(np.append(ids, eot_id).astype(dtype).tobytes())
+                rows[i] = (doc["id"], offset, offset + len(ids))
+                offset += len(ids) + 1
+                n_bytes += doc["bytes"]
+                i += 1
+                bar.update(doc["bytes"])
     np.save(staging / f"{split}.docs.npy", rows)
     content_tokens = offset - len(split_docs)
     return {
@@ -380,11 +405,10 @@ def build_corpus(
     near = NearDuplicates(near_duplicate_threshold, seed=seed + 1)
     kept_bytes = examined = 0
     paths = [str(sources[f.source].path / f.rel) for f in candidates]
+    chunks = (paths[i : i + 16] for i in range(0, len(paths), 16))
     initargs = (quality, decontaminator, seed + 1)
-    pool = _pool(workers, _init_worker, initargs) if workers > 1 else None
-    if pool is None:
-        _init_worker(*initargs)
-    results = pool.imap(_examine, paths, chunksize=8) if pool else map(_examine, paths)
+    examined_chunks = _ordered_map(_examine_many, chunks, workers, _init_worker, initargs)
+    results = (r for chunk in examined_chunks for r in chunk)
     bar = tqdm(total=len(paths), unit="file", desc="examine", disable=not progress)
     try:
         for f, res in zip(candidates, results, strict=False):
@@ -414,8 +438,8 @@ def build_corpus(
                 bar.set_postfix(kept=f"{kept_bytes / 1e6:.1f}MB", refresh=False)
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
+        results.close()
+        examined_chunks.close()
 
     if not docs:
         raise CorpusError(f"no usable files in the sources; dropped by reason: {dict(drops)}")
