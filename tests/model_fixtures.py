@@ -41,9 +41,9 @@ def random_name(rng: np.random.Generator, n: int = 7) -> str:
     return "".join(rng.choice(list(string.ascii_lowercase), size=n))
 
 
-def package_files(rng: np.random.Generator, package: str) -> dict[str, str]:
-    names = [f"{random_name(rng)}_{random_name(rng, 4)}" for _ in range(3)]
-    factors = rng.integers(2, 9, size=3)
+def package_files(rng: np.random.Generator, package: str, n_names: int = 3) -> dict[str, str]:
+    names = [f"{random_name(rng)}_{random_name(rng, 4)}" for _ in range(n_names)]
+    factors = rng.integers(2, 9, size=n_names)
     defs = "\n\n".join(
         f"def {n}(value):\n    return value * {f}\n" for n, f in zip(names, factors, strict=True)
     )
@@ -54,13 +54,13 @@ def package_files(rng: np.random.Generator, package: str) -> dict[str, str]:
     return {f"{package}/defs.py": defs, f"{package}/use.py": use}
 
 
-def synthetic_documents(n_train: int, n_val: int, seed: int = 0) -> list[dict]:
+def synthetic_documents(n_train: int, n_val: int, seed: int = 0, names_per_package: int = 3) -> list[dict]:
     rng = np.random.default_rng(seed)
     docs = []
     for i in range(n_train + n_val):
         package = f"pkg{i}"
         split = "train" if i < n_train else "val"
-        files = package_files(rng, package)
+        files = package_files(rng, package, names_per_package)
         if i % 4 == 0:
             files[f"{package}/common.py"] = FILLER
         for path, text in files.items():

@@ -140,8 +140,11 @@ def _check_resume(state: dict, settings: TrainSettings, corpus: Corpus) -> None:
 
 def export_model(model, tokenizer, export_dir: Path, info: dict) -> Path:
     """`save_pretrained` (safetensors) plus tokenizer and a training summary, swapped in whole."""
+    from transformers.utils import logging as hf_logging
+
     from codeslm.model.tokenizer import save_tokenizer
 
+    hf_logging.disable_progress_bar()
     tmp = export_dir.with_name(export_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))

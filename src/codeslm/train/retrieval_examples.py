@@ -119,10 +119,14 @@ def build_retrieval_contexts(
         costs = [len(e.ids) for e in backend.encode_batch(blocks, add_special_tokens=False)]
         bm25 = BM25Index.build([code_tokens(c.text) for c in chunks])
         package = documents[ids[0]].package
+        header = template.context_text((), package)
+        header_cost = len(backend.encode(header, add_special_tokens=False).ids)
         for doc_id in ids:
             query = code_tokens(texts[doc_id])[:MAX_QUERY_TOKENS]
             rows, _ = bm25.search(query, k=4 * k, mask=owners_arr != doc_id)
-            chosen, budget = [], context_tokens
+            # Half the examples name the repository (its header counts against the budget).
+            repo = package if rng.random() < 0.5 else None
+            chosen, budget = [], context_tokens - (header_cost if repo else 0)
             for row in rows.tolist():
                 if costs[row] <= budget:
                     chosen.append(row)
@@ -131,12 +135,15 @@ def build_retrieval_contexts(
                     break
             if not chosen:
                 continue
-            # Most relevant last, nearest the file; half the examples name the repository.
-            repo = package if rng.random() < 0.5 else None
+            # Most relevant last, nearest the file.
             pairs = [(chunks[r].path, chunks[r].text) for r in reversed(chosen)]
-            text = template.context_text(pairs, repo)
+            context_ids = tokenizer(template.context_text(pairs, repo), add_special_tokens=False)["input_ids"]
+            # Blocks tokenized together may merge differently at their joins than apart.
+            while len(context_ids) > context_tokens and len(pairs) > 1:
+                pairs = pairs[1:]
+                context_ids = tokenizer(template.context_text(pairs, repo), add_special_tokens=False)["input_ids"]
             doc_ids.append(doc_id)
-            contexts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+            contexts.append(context_ids)
 
     offsets = np.zeros(len(contexts) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(c) for c in contexts])
@@ -157,6 +164,7 @@ def cached_retrieval_contexts(
     """`build_retrieval_contexts`, computed once per corpus and settings and kept in `cache_dir`."""
     key = json.dumps(
         {
+            "version": 2,
             "manifest": hashlib.sha256((corpus.root / "manifest.json").read_bytes()).hexdigest(),
             "tokenizer": corpus.tokenizer_fingerprint(),
             "pool": pool,
