@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from codeslm.cli import cli
 from codeslm.eval.humaneval import load_problems, read_samples
-from codeslm.eval.runs import run_humaneval, run_infill, run_repo
+from codeslm.eval.runs import run_humaneval, run_infill
 
 
 def train_reciting_model(path: Path, problems: list[dict], steps: int = 400) -> Path:
@@ -123,14 +123,19 @@ def test_infill_run_scores_every_masked_line(model_dir, tmp_path):
     assert 0.0 <= results["scores"]["pass@1"] <= 1.0
 
 
-def test_repo_run_with_model_and_retrieval(model_dir, repo, tmp_path):
-    run_dir, results = run_repo(repo, model_dir, index_dir=tmp_path / "index", n_tasks=4,
-                                seed=0, out=tmp_path, device="cpu")
-    assert results["systems"] == ["copy baseline", "model", "model + retrieval"]
+def test_repo_cli_with_model_retrieval_and_engine(model_dir, repo, tmp_path):
+    result = CliRunner().invoke(cli, ["eval", "repo", str(repo), "--model", str(model_dir),
+                                      "--index-dir", str(tmp_path / "index"), "--tasks", "4",
+                                      "--engine", "--device", "cpu", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    run_dir = next((tmp_path / "r").iterdir())
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["systems"] == ["copy baseline", "model", "model + retrieval", "engine"]
     assert results["index"]["path"] == str(tmp_path / "index")
     for system in results["systems"]:
         assert 0.0 <= results["scores"][f"{system}: exact_match"] <= 1.0
         assert 0.0 <= results["scores"][f"{system}: edit_similarity"] <= 1.0
+        assert f"{system}: exact_match" in result.output
     assert (run_dir / "tasks-model-retrieval.jsonl").is_file()
 
 

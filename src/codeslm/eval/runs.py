@@ -150,11 +150,12 @@ def open_or_build_index(repo: Path, index_dir: str | Path | None):
 
 def run_repo(repo: str | Path, model=None, use_model: bool = True,
              index_dir: str | Path | None = None, n_tasks: int = 200, seed: int = 0,
-             k: int = 4, out=None, device: str = "auto",
+             k: int = 4, out=None, device: str = "auto", engine: bool = False,
              completers: dict[str, Completer] | None = None) -> tuple[Path, dict]:
-    """Line completion on `repo`: copy baseline, model, and model with retrieval.
+    """Line completion on `repo`: copy baseline, model, model with retrieval, and with
+    `engine` the completion engine (`codeslm complete`) on the same model and index.
 
-    `completers` adds (or replaces) systems by name, e.g. a full completion engine.
+    `completers` adds (or replaces) systems by name.
     """
     from codeslm.eval.repo_lines import RepoLines
 
@@ -174,6 +175,12 @@ def run_repo(repo: str | Path, model=None, use_model: bool = True,
         model_info = complete.describe()
         systems["model"] = complete
         systems["model + retrieval"] = RetrievalCompleter(complete, index, k=k)
+        if engine:
+            from codeslm.complete import CompletionEngine, CompletionSettings
+
+            # No per-line time budget: scores must not depend on how busy the machine is.
+            settings = CompletionSettings(k=k, line_budget_ms=None)
+            systems["engine"] = CompletionEngine.open(model, index_path, settings, device=device)
     systems.update(completers or {})
     run_dir = new_run_dir("repo", out)
     scores, files = {}, {}
@@ -184,7 +191,8 @@ def run_repo(repo: str | Path, model=None, use_model: bool = True,
             scores[f"{name}: {key}"] = value
         slug = name.replace(" + ", "-").replace(" ", "-")
         files[name] = write_records(run_dir, f"tasks-{slug}", result.records)
-    results = _base_results("repo-lines", task, seed, {"n_tasks": n_tasks, "k": k}, started)
+    results = _base_results("repo-lines", task, seed,
+                            {"n_tasks": n_tasks, "k": k, "engine": engine}, started)
     results.update(model=model_info, index=index_info, scores=scores, files=files,
                    systems=list(systems), seconds=round(time.time() - started, 1))
     write_run(run_dir, results)

@@ -130,6 +130,11 @@ class _Zygote:
             err = self._stop()
             raise EvalError(f"the sandbox could not start: {err.strip()[-2000:] or 'no output'}")
         self.isolation = ready["isolation"]
+        if self.uid is not None and self.isolation["uid"] is None:
+            self._stop()
+            raise EvalError(
+                "refusing to run generated code as root: this system allows neither a mount "
+                "namespace nor a uid other users can run Python as; run codeslm as a normal user")
 
     def send(self, job: dict) -> bool:
         """Queue one job in the sandbox; False when it is gone (it is then restarted)."""
