@@ -52,7 +52,8 @@ def processes_of(uid: int) -> list[int]:
 
 
 def test_correct_and_wrong_programs(box):
-    assert box.run("def f():\n    return 1\n", TEST).passed
+    right = box.run("def f():\n    return 1\n", TEST)
+    assert right.passed and not right.left_processes
     wrong = box.run(WRONG, TEST)
     assert wrong.status == "failed" and wrong.error == "AssertionError"
     assert box.run("def f(:\n", TEST).error.startswith("SyntaxError")
@@ -66,9 +67,16 @@ def test_reports_isolation(box):
         assert isolation["containment"] == "uid" and isolation["uid"] >= 1_000_000_000
 
 
+def test_limits_must_be_positive():
+    from codeslm.errors import EvalError
+
+    with pytest.raises(EvalError, match="timeout_s=0"):
+        Limits(timeout_s=0)
+
+
 def test_only_the_exact_nonce_after_a_clean_exit_passes():
     report = {"result": "PASS abc", "exit": 0, "signal": None, "timed_out": False,
-              "output": "", "wall_s": 0.0}
+              "output": "", "wall_s": 0.0, "leftover_processes": False}
     assert verdict(report, "abc").passed
     assert not verdict(dict(report, result="PASS abd"), "abc").passed
     assert not verdict(dict(report, result="PASS abcPASS abc"), "abc").passed
@@ -195,7 +203,7 @@ def test_fork_flood_and_detached_children_are_contained(box):
         time.sleep(1000)
         """)
     outcome = box.run(flood + WRONG, TEST, timeout_s=1.0)
-    assert outcome.status == "timed out"
+    assert outcome.status == "timed out" and outcome.left_processes
     for zygote in box._zygotes:
         if zygote.uid is not None:
             assert processes_of(zygote.uid) == []
@@ -306,3 +314,12 @@ def test_without_a_uid_of_its_own_still_runs_and_judges():
         assert verdict(zygote.receive(10), "n" * 32).passed
     finally:
         zygote.close()
+
+
+def test_a_child_that_cannot_start_is_a_sandbox_error_not_a_failed_sample():
+    from codeslm.errors import EvalError
+
+    # More open files than the kernel allows: setrlimit fails before any program runs.
+    with Sandbox(workers=1, limits=Limits(nofile=10 ** 9)) as broken:
+        with pytest.raises(EvalError, match="failed to start.*ValueError"):
+            broken.run("def f():\n    return 1\n", TEST)

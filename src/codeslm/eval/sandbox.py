@@ -56,6 +56,11 @@ class Limits:
     output_bytes: int = 4096
     tmpfs_mb: int = 256
 
+    def __post_init__(self):
+        bad = [f"{k}={v}" for k, v in vars(self).items() if not v > 0]
+        if bad:
+            raise EvalError(f"sandbox limits must be positive: {', '.join(bad)}")
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -65,6 +70,7 @@ class Outcome:
     error: str = ""
     output: str = ""
     wall_s: float = 0.0
+    left_processes: bool = False  # it started processes that outlived it (all were killed)
 
     @property
     def passed(self) -> bool:
@@ -79,7 +85,8 @@ class Outcome:
 def verdict(report: dict, nonce: str) -> Outcome:
     """Judge one report from the sandbox. Only the exact nonce line after a clean exit passes."""
     raw = report["result"].encode("latin-1")
-    common = {"output": report["output"], "wall_s": report["wall_s"]}
+    common = {"output": report["output"], "wall_s": report["wall_s"],
+              "left_processes": report["leftover_processes"]}
     sig = report["signal"]
     if report["timed_out"] or sig == signal.SIGXCPU:
         return Outcome("timed out", **common)

@@ -3,8 +3,8 @@
 `setup` (started by `codeslm.eval.sandbox` as `python -I -S -c SOURCE setup CONFIG`) enters new
 mount, network, IPC and UTS namespaces, makes the filesystem read-only with an empty /proc and a
 private tmpfs for work, then execs a fresh interpreter as the `zygote`, so no ctypes is loaded
-where untrusted code runs. Per job the zygote forks a supervisor, which forks the program under
-a dropped uid, rlimits and a wall clock, and afterwards kills every process of that uid.
+where untrusted code runs. Per job the zygote forks the program under a dropped uid, rlimits
+and a wall clock, watches it, and afterwards kills every process of that uid.
 But: it never decides pass or fail; the harness checks the nonce. Stdlib only, Linux only.
 """
 
@@ -25,6 +25,8 @@ import time
 
 RESULT_FD = 3
 RESULT_CAP = 1 << 16
+READY = b"R"  # first byte of every result: the child finished its setup
+SETUP_FAILED = b"E"  # ... or this, from the child's own code, when the setup failed
 
 # Modules that HumanEval-style programs import; loading them once in the zygote makes every
 # execution skip their import time, and they are then covered by the tamper check.
@@ -201,6 +203,7 @@ def _run_untrusted(program: str, test: str, nonce: bytes, check) -> None:
     """
     write, exit_, exec_, dict_, base = os.write, os._exit, exec, dict, BaseException
     describe, fd, pristine = _describe, RESULT_FD, dict(builtins.__dict__)
+    write(fd, READY)  # the sandbox is set up; whatever happens next is the program's doing
     try:
         program_code = compile(program, "<candidate>", "exec")
         test_code = compile(test, "<tests>", "exec")
@@ -320,6 +323,12 @@ def _supervise(job: dict, config: dict, number: int, check) -> dict:
     if pid == 0:
         try:
             _child(job, workdir, out_fd, result_w, uid, check)
+        except BaseException as exc:
+            # Only reachable before the program starts (the program always ends in _exit).
+            try:
+                os.write(RESULT_FD, SETUP_FAILED + f"{type(exc).__name__}: {exc}".encode())
+            except OSError:
+                pass
         finally:
             os._exit(70)
     os.close(result_w)
@@ -364,18 +373,23 @@ def _supervise(job: dict, config: dict, number: int, check) -> dict:
     os.close(out_fd)
     os.unlink(output)
     shutil.rmtree(workdir, ignore_errors=True)
+    if not result.startswith(READY) and not timed_out:
+        # The child died before the program started: a fault of the sandbox, not the sample.
+        why = result[len(SETUP_FAILED):].decode("utf-8", "replace") if result.startswith(
+            SETUP_FAILED) else output_text[-1000:] or "no message"
+        return {"setup_error": f"the sandboxed child failed to start: {why}"}
     return {
         "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
         "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
         "timed_out": timed_out,
         "wall_s": wall,
-        "result": result[:RESULT_CAP].decode("latin-1"),
+        "result": result[len(READY):RESULT_CAP].decode("latin-1"),
         "output": output_text,
         "leftover_processes": leftovers,
     }
 
 
-# --- zygote: a clean, preloaded interpreter that forks one supervisor per job -------------
+# --- zygote: a clean, preloaded interpreter that runs one job at a time -------------------
 
 def _read_frame(fd: int) -> bytes | None:
     header = _read_exact(fd, 4)
@@ -393,7 +407,9 @@ def _read_exact(fd: int, n: int) -> bytes | None:
 
 
 def _write_frame(fd: int, payload: bytes) -> None:
-    os.write(fd, struct.pack(">I", len(payload)) + payload)
+    data = memoryview(struct.pack(">I", len(payload)) + payload)
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def _zygote(config: dict) -> None:
