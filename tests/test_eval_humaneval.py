@@ -111,3 +111,17 @@ def test_task_interface_shapes_examples():
     assert [e.task_id for e in examples] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
     assert all(e.suffix is None and e.reference for e in examples)
     assert task.postprocess(examples[0], "    return 1\ndef other():\n") == "    return 1\n"
+
+
+def test_cli_refuses_contradictory_options(tmp_path):
+    from click.testing import CliRunner
+
+    from codeslm.cli import cli
+
+    runner = CliRunner()
+    both = runner.invoke(cli, ["eval", "humaneval", "--samples", "s.jsonl", "--model", "m"])
+    assert both.exit_code != 0 and "not both" in both.output
+    too_few = runner.invoke(cli, ["eval", "humaneval", "--n", "2", "--k", "1,10"])
+    assert too_few.exit_code != 0 and "pass@10 needs --n 10" in too_few.output
+    bad_k = runner.invoke(cli, ["eval", "humaneval", "--k", "one"])
+    assert bad_k.exit_code != 0 and "comma-separated" in bad_k.output

@@ -304,7 +304,7 @@ def test_sandbox_survives_its_own_process_dying(box):
 
 
 def test_without_a_uid_of_its_own_still_runs_and_judges():
-    zygote = _Zygote(slot=63, limits=Limits())
+    zygote = _Zygote(Limits())
     zygote.uid = None  # what a non-root user gets
     try:
         zygote.start()

@@ -10,6 +10,7 @@ memory; that is what the kernel-level layers are for. Linux only.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -32,6 +33,7 @@ from codeslm.errors import EvalError
 
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
 UID_BASE = 1_000_000_000  # far above real accounts and the usual subuid ranges
+UIDS_PER_PROCESS = 256  # sandbox uids one harness process cycles through; pid picks the block
 MAX_WORKERS = 64
 PIPELINE_DEPTH = 2  # jobs queued per sandbox: one running, one waiting
 GRACE_S = 10.0  # beyond the job's own timeout, before the harness gives up on a sandbox
@@ -115,9 +117,14 @@ def job_payload(program: str, test: str, nonce: str, timeout: float, limits: Lim
 class _Zygote:
     """One sandbox process and the pipes to it; restarted after anything goes wrong."""
 
-    def __init__(self, slot: int, limits: Limits):
-        self.slot, self.limits = slot, limits
-        self.uid = UID_BASE + os.getpid() * MAX_WORKERS + slot if os.geteuid() == 0 else None
+    _serial = itertools.count()
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        # Each sandbox process gets a uid of its own, so killing "every process of the uid"
+        # can never reach another sandbox, in this harness or in another one.
+        serial = next(self._serial) % UIDS_PER_PROCESS
+        self.uid = UID_BASE + os.getpid() * UIDS_PER_PROCESS + serial if os.geteuid() == 0 else None
         self.proc: subprocess.Popen | None = None
         self.base: str | None = None
         self.isolation: dict = {}
@@ -246,7 +253,7 @@ class Sandbox:
     def __init__(self, workers: int | None = None, limits: Limits | None = None):
         self.limits = limits or Limits()
         self.workers = max(1, min(workers or os.cpu_count() or 1, MAX_WORKERS))
-        self._zygotes = [_Zygote(slot, self.limits) for slot in range(self.workers)]
+        self._zygotes = [_Zygote(self.limits) for _ in range(self.workers)]
         try:
             with ThreadPoolExecutor(self.workers) as pool:
                 list(pool.map(_Zygote.start, self._zygotes))
