@@ -204,6 +204,16 @@ def test_a_different_tokenizer_is_refused(corpus_dir, tmp_path):
         train(small(corpus, run), resume=True, progress=False)
 
 
+def test_a_second_stage_starts_from_exported_weights(corpus_dir, tmp_path):
+    first = train(small(corpus_dir, tmp_path / "one", max_steps=30), progress=False)
+    second = train(small(corpus_dir, tmp_path / "two", max_steps=2, init_from=str(first.export_dir)),
+                   progress=False)
+    assert second.history[0]["loss"] < 0.8 * first.history[0]["loss"]
+    with pytest.raises(TrainingError, match="shape differs"):
+        train(small(corpus_dir, tmp_path / "three", d_model=32, init_from=str(first.export_dir)),
+              progress=False)
+
+
 def test_train_command_runs_resumes_and_exports(corpus_dir, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--corpus", str(corpus_dir), "--run-dir", str(run), "--size", "nano",

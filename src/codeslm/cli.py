@@ -252,6 +252,8 @@ def tokenizer_train_cmd(corpus_dir, vocab_size, out_dir):
 @click.option("--retrieval-pool", type=int, default=None,
               help="Training files to precompute retrieved context for.")
 @click.option("--seed", type=int, default=None)
+@click.option("--init-from", default=None,
+              help="Start from this exported model's weights (same shape and tokenizer).")
 @click.option("--device", default=None, help="auto (CUDA if present), cpu or cuda[:N].")
 @click.option("--threads", type=int, default=None,
               help="CPU threads (0: torch's default; 1 is fastest on a busy machine).")
@@ -268,7 +270,7 @@ def tokenizer_train_cmd(corpus_dir, vocab_size, out_dir):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 def train_cmd(recipe, corpus, run_dir, size, d_model, n_layers, n_heads, n_kv_heads, d_ff, seq_len,
               batch_size, grad_accum, max_steps, lr, warmup_steps, fim_rate, spm_rate,
-              retrieval_rate, retrieval_pool, seed, device, threads, precision, compile_, eval_every,
+              retrieval_rate, retrieval_pool, seed, init_from, device, threads, precision, compile_, eval_every,
               checkpoint_every, resume, until_step, export_latest, quiet):
     """Pretrain a model on a corpus (FIM + retrieval-augmented rows); resumable, exports HF format."""
     from codeslm.train.pretrain import export_latest_checkpoint, train
@@ -280,7 +282,8 @@ def train_cmd(recipe, corpus, run_dir, size, d_model, n_layers, n_heads, n_kv_he
         n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff, seq_len=seq_len, batch_size=batch_size,
         grad_accum=grad_accum, max_steps=max_steps, lr=lr, warmup_steps=warmup_steps,
         fim_rate=fim_rate, spm_rate=spm_rate, retrieval_rate=retrieval_rate,
-        retrieval_pool=retrieval_pool, seed=seed, device=device, threads=threads, precision=precision,
+        retrieval_pool=retrieval_pool, seed=seed, init_from=init_from, device=device, threads=threads,
+        precision=precision,
         compile=compile_, eval_every=eval_every, checkpoint_every_s=checkpoint_every,
     )
     if export_latest:

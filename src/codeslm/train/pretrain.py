@@ -115,6 +115,33 @@ def evaluate(model, rows, byte_lengths: np.ndarray, batch_size: int, bf16: bool,
     return nll / max(n_tokens, 1), nll / math.log(2) / max(n_bytes, 1)
 
 
+def load_initial_weights(model, model_dir: Path, tokenizer) -> None:
+    """Copy the weights of an exported model of the same shape and tokenizer into `model`."""
+    from safetensors.torch import load_file
+
+    from codeslm.model.loading import check_model_dir
+
+    config = check_model_dir(model_dir)
+    mine = model.config.to_dict()
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads")
+    diff = [f"{k}: {config.get(k)} vs {mine[k]}" for k in keys if config.get(k) != mine[k]]
+    if diff:
+        raise TrainingError(f"cannot start from {model_dir}: its shape differs ({', '.join(diff)})")
+    from codeslm.model.tokenizer import load_tokenizer
+
+    if load_tokenizer(model_dir).get_vocab() != tokenizer.get_vocab():
+        raise TrainingError(f"cannot start from {model_dir}: its tokenizer is not the corpus tokenizer")
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise TrainingError(f"cannot start from {model_dir}: no model.safetensors")
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # The output projection is tied to the embeddings, so it may be absent from the file.
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise TrainingError(f"cannot start from {model_dir}: weights do not match ({missing + unexpected})")
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -192,8 +219,10 @@ def train(
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
 
-    model = build_model(settings, tokenizer).to(device)
-    model.train()
+    model = build_model(settings, tokenizer)
+    if settings.init_from and state is None:
+        load_initial_weights(model, Path(settings.init_from), tokenizer)
+    model = model.to(device).train()
     optimizer, scheduler = make_optimizer(model, settings)
     contexts = None
     if settings.retrieval_rate > 0:

@@ -45,6 +45,9 @@ class TrainSettings:
     beta2: float = 0.95
     grad_clip: float = 1.0
     seed: int = 1234
+    # Start from the weights of this exported model (same shape and tokenizer) instead of random
+    # ones: a second stage that continues an earlier run with a fresh schedule.
+    init_from: str | None = None
     # This process only: may differ between a run and its resumption.
     device: str = "auto"
     # CPU threads (0: torch's default). One thread per busy core: on a shared machine two
