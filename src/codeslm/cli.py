@@ -330,14 +330,20 @@ def train_cmd(recipe, corpus, run_dir, size, d_model, n_layers, n_heads, n_kv_he
 @click.option("--knn-lambda", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Weight of the index's kNN datastore in the next-token distribution.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or auto.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads; decoding one token at a time is fastest on one.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the completion with retrieved chunks, prompt size and time split.")
 def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval, mode, repocoder,
-                 knn_lambda, device, as_json):
+                 knn_lambda, device, threads, as_json):
     """Complete the code in FILE at --line/--col with retrieval from the repository's index."""
     import json
 
+    import torch
+
     from codeslm.complete import CompletionEngine, CompletionSettings
+
+    torch.set_num_threads(threads)
 
     if index_dir is None and not no_retrieval:
         try:
