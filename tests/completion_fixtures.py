@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-NAMES = ("frobnicate", "glorpify", "zanzibar", "quibble", "snorkel", "wibble", "flummox", "blorb",
+NAMES = ("frobnicate", "zanzibar", "quibble", "snorkel", "wibble", "flummox", "blorb",
          "crumple", "dazzle", "fizzle", "grumble", "hobble", "jostle", "kerfuffle", "lollop",
          "mumble", "noodle", "piffle", "rumble", "skedaddle", "tootle", "waddle", "yodel")
 VERBS = ("polish", "paint", "sort", "count", "merge", "split", "clean", "check", "load", "store")
@@ -39,12 +39,15 @@ def training_texts(tokenizer, n: int, seed: int = 0) -> list[str]:
         context = [(f"mod{int(rng.integers(9))}.py", chunk_text(NAMES[p], v, o))
                    for p, v, o in zip(picks, verbs, nouns)]
         verb, noun, name = verbs[-1], nouns[-1], NAMES[picks[-1]]
-        prompt = build_prompt(tokenizer, caller_prefix(verb, noun), "\n", context, max_tokens=512)
+        suffix = "\n" if rng.random() < 0.5 else "\n\n\ndef later(x):\n    return x\n"
+        repo = "demo" if rng.random() < 0.5 else None
+        prompt = build_prompt(tokenizer, caller_prefix(verb, noun), suffix, context, repo, max_tokens=512)
         texts.append(prompt + f" {name}({noun})<|endoftext|>")
     return texts
 
 
-def train_nano_model(steps: int = 150, seed: int = 0):
+def train_nano_model(steps: int = 2000, seed: int = 0, lr: float = 3e-3, middle_only: bool = True,
+                     width: int = 64):
     """`(model, tokenizer)`: a nano Llama that has learned to call the last retrieved function."""
     from transformers import LlamaForCausalLM
 
@@ -58,24 +61,32 @@ def train_nano_model(steps: int = 150, seed: int = 0):
     seed_texts = [chunk_text(n, v, o) + caller_prefix(v, o) for n in NAMES for v in VERBS[:3] for o in NOUNS[:3]]
     tokenizer = train_tokenizer(seed_texts * 2 + list(CONFIG_FILE.splitlines()), vocab_size=600)
     tokenizer.padding_side = "right"
-    shape = model_shape("nano", max_seq_len=256)
+    shape = model_shape("nano", d_model=width, max_seq_len=256)
     model = LlamaForCausalLM(llama_config(shape, len(tokenizer), tokenizer.eos_token_id))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     texts = training_texts(tokenizer, 2000, seed)
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    middle = tokenizer.convert_tokens_to_ids("<fim_middle>")
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        rows.append((ids, ids.index(middle) + 1))
     rng = np.random.default_rng(seed)
     model.train()
     for _ in range(steps):
         batch = [rows[i] for i in rng.integers(len(rows), size=8)]
-        width = max(len(r) for r in batch)
+        width = max(len(r) for r, _ in batch)
         x = torch.full((len(batch), width - 1), tokenizer.eos_token_id)
         y = torch.full((len(batch), width - 1), -100)
-        for i, r in enumerate(batch):
+        for i, (r, start) in enumerate(batch):
             x[i, : len(r) - 1] = torch.tensor(r[:-1])
-            y[i, : len(r) - 1] = torch.tensor(r[1:])
+            # Only the middle is a target: all the steps go to learning to copy it.
+            first = start if middle_only else 1
+            y[i, first - 1 : len(r) - 1] = torch.tensor(r[first:])
         loss = token_loss(model, x, y, bf16=False)
         loss.backward()
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad()
     torch.set_num_threads(threads)
     return model.eval(), tokenizer
@@ -95,7 +106,6 @@ def write_repo(root: Path) -> Path:
     )
     (root / "config.py").write_text(CONFIG_FILE)
     (root / "main.py").write_text(
-        caller_prefix("polish", "widget") + "\n\n\n" + "def later(gadget):\n    # paint the gadget\n"
-        "    return glorpify(gadget)\n"
+        caller_prefix("polish", "widget") + "\n\n\n" + "def later(x):\n    return x.glorpified()\n"
     )
     return root

@@ -9,6 +9,7 @@ But: it does not build prompts or decide where text ends (see `codeslm.complete.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,9 +52,13 @@ class CachedDecoder:
         self.knn_lambda = knn_lambda if knn is not None else 0.0
         self.device = next(model.parameters()).device
         self.stop_ids = stop_token_ids(tokenizer)
+        # Sentinels that only prompts hold: a completion that writes one has lost its place.
+        ids = fim_template(tokenizer).ids(tokenizer)
+        self.banned = [ids[n] for n in ("prefix", "suffix", "middle", "repo_name") if n in ids]
         self._ids: list[int] = []  # tokens whose keys/values `_cache` holds
         self._cache = None
         self._token_texts: list[str] | None = None
+        self._sorted_texts: list[str] | None = None
 
     def reset(self) -> None:
         self._ids, self._cache = [], None
@@ -66,6 +71,13 @@ class CachedDecoder:
             texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
             self._token_texts = ["" if i in special else t for i, t in enumerate(texts)]
         return self._token_texts
+
+    def extends(self, text: str) -> bool:
+        """Whether some token is `text` plus more: a prompt ending in `text` may be cut mid-token."""
+        if self._sorted_texts is None:
+            self._sorted_texts = sorted(set(self.token_texts))
+        i = bisect.bisect_right(self._sorted_texts, text)
+        return i < len(self._sorted_texts) and self._sorted_texts[i].startswith(text)
 
     def _allowed(self, remaining: str) -> torch.Tensor:
         """Mask of tokens consistent with the forced text `remaining` (V,)."""
@@ -99,7 +111,7 @@ class CachedDecoder:
             self._cache, self._ids = DynamicCache(), []
             shared = 0
         elif shared < len(self._ids):
-            self._cache.crop(len(self._ids) - shared)
+            self._cache.crop(shared - len(self._ids))  # a negative count removes that many
             self._ids = self._ids[:shared]
         stats.reused_tokens = shared
         return self._forward(ids[shared:])
@@ -134,6 +146,7 @@ class CachedDecoder:
                     stats.stop_reason = "unhealable"
                     break
                 logits = logits.masked_fill(~allowed, float("-inf"))
+            logits[self.banned] = float("-inf")
             token = int(logits.argmax())
             if token in self.stop_ids:
                 stats.stop_reason = "end_of_text"

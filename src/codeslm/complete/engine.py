@@ -9,7 +9,6 @@ But: it does not build indexes (see `codeslm.index`) or train models (see `codes
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -116,11 +115,6 @@ def require_fim(tokenizer):
         ) from None
 
 
-def _file_sha(text: str) -> str:
-    # The index stores this digest of each file's bytes (see codeslm.index.build).
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
-
-
 class CompletionEngine:
     """Completes code at a cursor with a causal LM and, when there is one, a repository index.
 
@@ -204,9 +198,14 @@ class CompletionEngine:
         prefix, suffix = split_at_cursor(text, line, col, str(file))
         return self.complete(CompletionRequest(prefix, suffix, self.relative_path(file)), multiline)
 
-    def __call__(self, prefix: str, suffix: str = "", path: str = "", multiline: bool = False) -> str:
-        """The completion text alone: the callable form evaluation harnesses plug in."""
-        return self.complete(CompletionRequest(prefix, suffix, path), multiline).text
+    def __call__(self, example) -> str:
+        """The completion text for an example with `prefix`, `suffix`, `path` (and `context`).
+
+        The form `codeslm.eval` scores: `run_repo(repo, completers={"engine": engine})`.
+        """
+        request = CompletionRequest(example.prefix, example.suffix or "", example.path or "",
+                                    extra_context=tuple(getattr(example, "context", ()) or ()))
+        return self.complete(request).text
 
     def relative_path(self, file: Path) -> str:
         """`file`'s path inside the indexed repository (its name alone when it lies outside)."""
@@ -228,7 +227,11 @@ class CompletionEngine:
         if language not in DOC_LANGUAGES and parser_for(language) is None:
             kind = Path(request.path).suffix or language
             notes.append(f"no grammar for {kind} files: generic stop rules")
+        # A prompt ending inside a word may end where no training text had a token boundary; cut
+        # the piece and let the model re-write it (token healing). A piece no token extends stays.
         fragment = word_fragment(request.prefix)
+        if fragment and not self.decoder.extends(fragment):
+            fragment = ""
         prefix = self._window_prefix(request.prefix[: len(request.prefix) - len(fragment)], settings)
         suffix = self._window_suffix(request.suffix, settings)
         cursor_line = request.prefix.rsplit("\n", 1)[-1]
@@ -299,15 +302,11 @@ class CompletionEngine:
             return []
         cursor_line = request.prefix.count("\n") + 1
         exclude_files = ()
-        if request.path:
-            row = self.index.store.db.execute(
-                "SELECT sha FROM files WHERE path = ?", (request.path,)
-            ).fetchone()
-            if row is not None and row[0] != _file_sha(request.prefix + request.suffix):
-                # Line numbers in the index may no longer match this file: leave it out entirely.
-                exclude_files = (request.path,)
-                notes.append(f"the index is stale for {request.path} (changed since indexing): "
-                             "left it out of retrieval; re-run `codeslm index`")
+        if request.path and self._stale(request.path, request.prefix, cursor_line):
+            # Line numbers in the index no longer match this file: leave it out entirely.
+            exclude_files = (request.path,)
+            notes.append(f"the index is stale for {request.path} (changed since indexing): "
+                         "left it out of retrieval; re-run `codeslm index`")
         try:
             found = self.index.search_code(
                 query, k=settings.k + 4, exclude=(request.path, cursor_line) if request.path else None,
@@ -325,6 +324,23 @@ class CompletionEngine:
             if not (h.chunk.path == request.path and h.chunk.end_line >= window_start)
         ]
         return hits[: settings.k]
+
+    def _stale(self, path: str, prefix: str, cursor_line: int) -> bool:
+        """Whether the indexed chunks of `path` above the cursor differ from the text before it.
+
+        Only those chunks can be retrieved for this cursor, so they must still be what the file
+        holds at their lines; otherwise the index's line numbers cannot be trusted.
+        """
+        rows = self.index.store.db.execute(
+            "SELECT start_line, end_line, text FROM chunks WHERE path = ? AND end_line < ?",
+            (path, cursor_line),
+        ).fetchall()
+        if not rows:
+            return False
+        lines = prefix.split("\n")
+        return any(
+            "\n".join(lines[start - 1 : end]).rstrip() != text.rstrip() for start, end, text in rows
+        )
 
     def _window_prefix(self, prefix: str, settings: CompletionSettings) -> str:
         """The last `prefix_tokens` of the prefix, from a line start when one is in reach."""
