@@ -60,3 +60,31 @@ def test_round_trip_and_refusal_of_another_model(nano, store, tmp_path):
         KnnDatastore.load(tmp_path, other)
     with pytest.raises(ModelError, match="no kNN datastore"):
         KnnDatastore.load(tmp_path / "elsewhere", model)
+
+
+def test_cli_index_knn_then_complete_with_it_and_refuse_another_model(nano, tmp_path):
+    from click.testing import CliRunner
+    from transformers import LlamaForCausalLM
+
+    from codeslm.cli import cli
+    from codeslm.model.tokenizer import save_tokenizer
+
+    model, tokenizer = nano
+    model_dir, other_dir = tmp_path / "model", tmp_path / "other"
+    for m, d in ((model, model_dir), (LlamaForCausalLM(model.config), other_dir)):
+        m.save_pretrained(d)
+        save_tokenizer(tokenizer, d)
+    root = write_repo(tmp_path / "demo")
+    index_dir = tmp_path / "ix"
+    runner = CliRunner()
+    out = runner.invoke(cli, ["index", str(root), "--index-dir", str(index_dir), "--no-dense", "-q",
+                              "--knn", "--model", str(model_dir)])
+    assert out.exit_code == 0, out.output
+    assert "kNN datastore:" in out.output
+    args = ["complete", str(root / "main.py"), "--line", "3", "--col", "11", "--index-dir",
+            str(index_dir), "--knn-lambda", "0.5", "--json"]
+    ok = runner.invoke(cli, args + ["--model", str(model_dir)])
+    assert ok.exit_code == 0, ok.output
+    refused = runner.invoke(cli, args + ["--model", str(other_dir)])
+    assert isinstance(refused.exception, ModelError)
+    assert "built by another model" in str(refused.exception)
