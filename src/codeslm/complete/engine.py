@@ -229,6 +229,7 @@ class CompletionEngine:
             notes.append(f"no grammar for {kind} files: generic stop rules")
         # A prompt ending inside a word may end where no training text had a token boundary; cut
         # the piece and let the model re-write it (token healing). A piece no token extends stays.
+        t = time.perf_counter()
         fragment = word_fragment(request.prefix)
         if fragment and not self.decoder.extends(fragment):
             fragment = ""
@@ -236,14 +237,16 @@ class CompletionEngine:
         suffix = self._window_suffix(request.suffix, settings)
         cursor_line = request.prefix.rsplit("\n", 1)[-1]
         rule = StopRule(settings.multiline, cursor_line, language)
-        timings: dict[str, float] = {}
+        window_ms = (time.perf_counter() - t) * 1000
 
         t = time.perf_counter()
         hits = self._retrieve(request, prefix + fragment, suffix, settings, notes, draft="")
-        timings["retrieval"] = (time.perf_counter() - t) * 1000
+        timings = {"retrieval": (time.perf_counter() - t) * 1000}
 
         text, stats, prompt_ms = self._generate(request, prefix, suffix, fragment, hits, rule, settings)
-        timings.update(prompt=prompt_ms, prefill=stats.prefill_s * 1000, decode=stats.decode_s * 1000)
+        # "prompt" covers the cursor window and the prompt itself.
+        timings.update(prompt=window_ms + prompt_ms, prefill=stats.prefill_s * 1000,
+                       decode=stats.decode_s * 1000)
 
         if settings.repocoder and self.index is not None and settings.retrieval and text.strip():
             t = time.perf_counter()
