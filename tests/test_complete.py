@@ -76,6 +76,15 @@ def test_engine_plugs_into_the_evaluation_harness_as_a_completer(nano, repo):
     assert engine_for(nano, index)(example) == " frobnicate(widget)"
 
 
+def test_repocoder_second_round_retrieves_with_the_draft(nano, repo):
+    root, _, index = repo
+    file, line, col = CURSOR
+    result = engine_for(nano, index, repocoder=True).complete_file(root / file, line, col)
+    # The draft names frobnicate, so the second query still finds its definition first.
+    assert [c.path for c in result.retrieved] == ["helpers.py"]
+    assert result.text == " frobnicate(widget)"
+
+
 def test_never_retrieves_the_cursor_chunk_or_what_follows(nano, repo):
     root, _, index = repo
     file, line, col = CURSOR
