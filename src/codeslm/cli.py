@@ -392,8 +392,9 @@ def generate_cmd(prompt, model_dir, prefix, suffix, max_new_tokens, temperature,
 
     model, tokenizer = load_model(model_dir, device=device)
     if prompt is None:
-        prompt = build_prompt(tokenizer, prefix or "", suffix or "",
-                              max_tokens=model.config.max_position_embeddings)
+        # Leave room in the trained context for the new tokens.
+        room = max(model.config.max_position_embeddings - max_new_tokens, 64)
+        prompt = build_prompt(tokenizer, prefix or "", suffix or "", max_tokens=room)
     click.echo(generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens,
                         temperature=temperature, top_p=top_p, stop=stop, seed=seed))
 

@@ -1,7 +1,8 @@
 """Decoding with a KV cache (greedy or temperature/top-p sampling, stop strings) and bits per byte.
 
 Works with any HF causal LM. Generation stops at the model's end of text, at the FIM template's
-stop tokens (a new file, padding), after `max_new_tokens`, or at the first stop string.
+stop tokens (a new file, padding), after `max_new_tokens`, or at the first stop string; other
+special tokens (FIM sentinels, repository markers) are never generated.
 But: it does not build prompts (see `codeslm.model.prompt`).
 """
 
@@ -32,6 +33,11 @@ def _stop_token_ids(model, tokenizer) -> set[int]:
     vocab = tokenizer.get_vocab()
     ids.update(vocab[t] for t in template.stop_tokens if t in vocab)
     return ids
+
+
+def _banned_token_ids(tokenizer, stop_ids: set[int]) -> list[int]:
+    """Special tokens a completion never contains (FIM sentinels, repository markers)."""
+    return sorted(set(tokenizer.all_special_ids) - stop_ids)
 
 
 def _next_token(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
@@ -85,6 +91,7 @@ def generate(
         generator = torch.Generator(device="cpu")
         generator.manual_seed(seed if seed is not None else torch.seed())
     stop_ids = _stop_token_ids(model, tokenizer)
+    banned = _banned_token_ids(tokenizer, stop_ids)
 
     input_ids = torch.tensor([ids], device=device)
     past = None
@@ -93,7 +100,9 @@ def generate(
     for _ in range(max_new_tokens):
         out = model(input_ids=input_ids, past_key_values=past, use_cache=True, logits_to_keep=1)
         past = out.past_key_values
-        token = _next_token(out.logits[0, -1].cpu(), temperature, top_p, generator)
+        logits = out.logits[0, -1].cpu()
+        logits[banned] = -math.inf
+        token = _next_token(logits, temperature, top_p, generator)
         if token in stop_ids:
             break
         new.append(token)
