@@ -127,7 +127,7 @@ class Index:
         return [(int(self.ids[r]), float(s)) for r, s in zip(rows, scores)]
 
     def _dense(self, query: str, k: int, excluded: np.ndarray) -> list[tuple[int, float]]:
-        ids, scores = self.dense.search(self.embedder.encode([query])[0], k, excluded)
+        ids, scores = self.dense.search(self.embedder.encode_query(query), k, excluded)
         return [(int(i), float(s)) for i, s in zip(ids, scores)]
 
     @property
