@@ -119,7 +119,16 @@ def test_generate_command_refuses_bad_input(model_dir, tmp_path):
     assert neither.exit_code != 0
 
 
-@pytest.mark.skipif(not (default_model_dir() / "config.json").is_file(), reason="no shipped checkpoint")
+def test_default_checkpoint_loads_and_generates():
+    model, tokenizer = load_model(device="cpu")
+    assert model.config.vocab_size == len(tokenizer)
+    completion = generate(model, tokenizer, "def add(a, b):\n    return", max_new_tokens=8)
+    assert completion and "<fim_" not in completion
+
+
+# The first-stage checkpoint (3.7M tokens seen) writes Python-shaped text but not yet the
+# right line; strict, so the marker must go once a better checkpoint completes it.
+@pytest.mark.xfail(strict=True, reason="the shipped first-stage checkpoint is undertrained")
 def test_default_checkpoint_completes_add():
     model, tokenizer = load_model(device="cpu")
     completion = generate(model, tokenizer, "def add(a, b):\n    return", max_new_tokens=8, stop=["\n"])
