@@ -14,7 +14,7 @@ from codeslm.cli import cli
 from codeslm.errors import ModelError
 from codeslm.model.config import llama_config, model_shape
 from codeslm.model.generate import bits_per_byte, generate
-from codeslm.model.loading import default_model_dir, load_model
+from codeslm.model.loading import load_model
 from codeslm.model.tokenizer import save_tokenizer
 
 
