@@ -126,11 +126,14 @@ def test_infill_run_scores_every_masked_line(model_dir, tmp_path):
 def test_repo_cli_with_model_retrieval_and_engine(model_dir, repo, tmp_path):
     result = CliRunner().invoke(cli, ["eval", "repo", str(repo), "--model", str(model_dir),
                                       "--index-dir", str(tmp_path / "index"), "--tasks", "4",
-                                      "--engine", "--device", "cpu", "--out", str(tmp_path / "r")])
+                                      "--engine", "bm25", "--engine", "knn", "--device", "cpu",
+                                      "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     run_dir = next((tmp_path / "r").iterdir())
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["systems"] == ["copy baseline", "model", "model + retrieval", "engine"]
+    assert results["systems"] == ["copy baseline", "model", "model + retrieval", "engine (bm25)",
+                                  "engine (knn)"]
+    assert (tmp_path / "index" / "knn" / "knn.json").is_file()
     assert results["index"]["path"] == str(tmp_path / "index")
     for system in results["systems"]:
         assert 0.0 <= results["scores"][f"{system}: exact_match"] <= 1.0

@@ -47,6 +47,26 @@ def test_datastore_raises_the_probability_of_a_repository_token(nano, store):
     assert torch.equal(store.interpolate(log_p, hidden, lam=0.0), torch.log(log_p.exp() + 1e-30))
 
 
+def test_cursor_file_is_left_out_from_the_cursor_line_on(nano, store):
+    model, tokenizer = nano
+    cut = CONFIG_FILE.index("quixotic")
+    target = tokenizer(CONFIG_FILE[:cut] + "quixotic", add_special_tokens=False)["input_ids"][
+        len(tokenizer(CONFIG_FILE[:cut], add_special_tokens=False)["input_ids"])
+    ]
+    log_p, hidden = next_token_probs(model, tokenizer, "<file_sep>config.py\n" + CONFIG_FILE[:cut])
+    try:
+        # The cursor on line 2: the policy name is the text a completion must not see.
+        store.exclude_after("config.py", 2)
+        hidden_from_cursor = float(store.interpolate(log_p, hidden, lam=0.5)[target].exp())
+        store.exclude_after("config.py", 3)
+        after_the_line = float(store.interpolate(log_p, hidden, lam=0.5)[target].exp())
+    finally:
+        store.exclude_after("", 0)
+    assert hidden_from_cursor < 0.05
+    assert after_the_line > 0.3
+    assert (store.lines[: store.meta["file_starts"][1]] <= 2).all()
+
+
 def test_round_trip_and_refusal_of_another_model(nano, store, tmp_path):
     from transformers import LlamaForCausalLM
 
@@ -54,6 +74,7 @@ def test_round_trip_and_refusal_of_another_model(nano, store, tmp_path):
     store.save(tmp_path)
     loaded = KnnDatastore.load(tmp_path, model)
     assert loaded.meta == store.meta and loaded.index.ntotal == store.meta["entries"]
+    assert (loaded.lines == store.lines).all()
     other = LlamaForCausalLM(model.config)
     assert model_fingerprint(other) != model_fingerprint(model)
     with pytest.raises(ModelError, match="built by another model"):

@@ -512,19 +512,22 @@ def eval_infill_cmd(mode, model_dir, limit, workers, seed, out_dir, timeout, dev
 @click.option("--seed", type=int, default=0, show_default=True, help="Which lines are held out.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=4, show_default=True,
               help="Retrieved chunks per task.")
-@click.option("--engine", is_flag=True,
-              help="Also score the completion engine of `codeslm complete` (same model, index).")
+@click.option("--engine", "engines", multiple=True,
+              type=click.Choice(["none", "bm25", "hybrid", "repocoder", "knn", "bm25+knn"]),
+              help="Also score the completion engine of `codeslm complete` (same model and index) "
+                   "in this variant; repeatable. hybrid adds dense vectors to the index; knn builds "
+                   "the model's kNN datastore there.")
 @_OUT_OPTION
 @_DEVICE_OPTION
-def eval_repo_cmd(path, model_dir, no_model, index_dir, n_tasks, seed, k, engine, out_dir, device):
+def eval_repo_cmd(path, model_dir, no_model, index_dir, n_tasks, seed, k, engines, out_dir, device):
     """Line completion on the repository at PATH: copy baseline, model, model with retrieval."""
     from codeslm.eval.runs import run_repo
 
-    if no_model and (model_dir is not None or engine):
+    if no_model and (model_dir is not None or engines):
         raise click.UsageError("--no-model excludes --model and --engine")
     run_dir, results = run_repo(path, model_dir, use_model=not no_model, index_dir=index_dir,
                                 n_tasks=n_tasks, seed=seed, k=k, out=out_dir, device=device,
-                                engine=engine)
+                                engines=tuple(dict.fromkeys(engines)))
     _print_run(run_dir, results)
 
 

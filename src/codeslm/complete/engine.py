@@ -239,6 +239,9 @@ class CompletionEngine:
         rule = StopRule(settings.multiline, cursor_line, language)
         window_ms = (time.perf_counter() - t) * 1000
 
+        if self.knn is not None:
+            # Like retrieval, the datastore never shows this file from the cursor on.
+            self.knn.exclude_after(request.path, request.prefix.count("\n") + 1)
         t = time.perf_counter()
         hits = self._retrieve(request, prefix + fragment, suffix, settings, notes, draft="")
         timings = {"retrieval": (time.perf_counter() - t) * 1000}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from codeslm.errors import EvalError
 from codeslm.eval.report import new_run_dir, write_records, write_run
 from codeslm.eval.sandbox import Limits, isolation_summary
 from codeslm.eval.tasks import Completer, Example, Task
@@ -124,8 +125,9 @@ def run_infill(mode: str = "single-line", model=None, limit: int | None = None,
     return run_dir, results
 
 
-def open_or_build_index(repo: Path, index_dir: str | Path | None):
-    """The repository's index, built without dense vectors if missing, refreshed if present.
+def open_or_build_index(repo: Path, index_dir: str | Path | None, dense: bool = False):
+    """The repository's index, built if missing (dense vectors only if `dense`), refreshed if
+    present (adding dense vectors if `dense` asks for them).
 
     Refreshing keeps chunk line numbers in step with the files the tasks are cut from.
     """
@@ -135,19 +137,64 @@ def open_or_build_index(repo: Path, index_dir: str | Path | None):
     index_dir = Path(index_dir) if index_dir is not None else default_index_dir(repo)
     if is_index_dir(index_dir):
         manifest = read_manifest(index_dir)
-        build_index(repo, index_dir, dense=manifest.dense,
+        dense = dense or manifest.dense
+        build_index(repo, index_dir, dense=dense,
                     embedding_model=manifest.embedding_model if manifest.dense else None)
     else:
-        build_index(repo, index_dir, dense=False)
+        build_index(repo, index_dir, dense=dense)
     return Index.open(index_dir), index_dir
+
+
+# Completion-engine conditions `codeslm eval repo --engine` compares (settings over the defaults).
+ENGINE_VARIANTS = {
+    "none": {"retrieval": False},
+    "bm25": {},
+    "hybrid": {"mode": "hybrid"},
+    "repocoder": {"repocoder": True},
+    "knn": {"retrieval": False, "knn_lambda": 0.25},
+    "bm25+knn": {"knn_lambda": 0.25},
+}
+
+
+def _engines(variants, model, index, index_path: Path, k: int, device: str) -> dict:
+    """One completion engine per variant, sharing the model, the index and the kNN datastore.
+
+    The datastore in `index_path` is (re)built for this model when it is missing or another
+    model built it. No per-line time budget: scores must not depend on how busy the machine is.
+    """
+    from codeslm.complete import CompletionEngine, CompletionSettings
+    from codeslm.model.loading import load_model
+
+    unknown = [v for v in variants if v not in ENGINE_VARIANTS]
+    if unknown:
+        raise EvalError(f"unknown engine variant(s) {', '.join(unknown)}; "
+                        f"choose from {', '.join(ENGINE_VARIANTS)}")
+    model_obj, tokenizer = load_model(model, device=device)
+    knn = None
+    if any(ENGINE_VARIANTS[v].get("knn_lambda") for v in variants):
+        from codeslm.errors import ModelError
+        from codeslm.model.knn import KnnDatastore, build_index_datastore
+
+        try:
+            knn = KnnDatastore.load(index_path, model_obj)
+        except ModelError:
+            build_index_datastore(index_path, model, device=device)
+            knn = KnnDatastore.load(index_path, model_obj)
+    engines = {}
+    for variant in variants:
+        settings = CompletionSettings(k=k, line_budget_ms=None, **ENGINE_VARIANTS[variant])
+        engines[f"engine ({variant})"] = CompletionEngine(
+            model_obj, tokenizer, index, settings, knn if settings.knn_lambda > 0 else None)
+    return engines
 
 
 def run_repo(repo: str | Path, model=None, use_model: bool = True,
              index_dir: str | Path | None = None, n_tasks: int = 200, seed: int = 0,
-             k: int = 4, out=None, device: str = "auto", engine: bool = False,
+             k: int = 4, out=None, device: str = "auto", engines: tuple[str, ...] = (),
              completers: dict[str, Completer] | None = None) -> tuple[Path, dict]:
-    """Line completion on `repo`: copy baseline, model, model with retrieval, and with
-    `engine` the completion engine (`codeslm complete`) on the same model and index.
+    """Line completion on `repo`: copy baseline, model, model with retrieval, and the completion
+    engine (`codeslm complete`) on the same model and index in each of `engines`'
+    `ENGINE_VARIANTS` (no retrieval, BM25, hybrid, RepoCoder, kNN-LM, ...).
 
     `completers` adds (or replaces) systems by name.
     """
@@ -161,7 +208,7 @@ def run_repo(repo: str | Path, model=None, use_model: bool = True,
     if use_model:
         from codeslm.eval.completers import RetrievalCompleter
 
-        index, index_path = open_or_build_index(task.repo, index_dir)
+        index, index_path = open_or_build_index(task.repo, index_dir, dense="hybrid" in engines)
         index_info = {"path": str(index_path), "chunks": len(index), "mode": "bm25", "k": k}
         complete = _model_completer(model, task, seed=seed, device=device,
                                     max_new_tokens=task.max_new_tokens,
@@ -169,12 +216,7 @@ def run_repo(repo: str | Path, model=None, use_model: bool = True,
         model_info = complete.describe()
         systems["model"] = complete
         systems["model + retrieval"] = RetrievalCompleter(complete, index, k=k)
-        if engine:
-            from codeslm.complete import CompletionEngine, CompletionSettings
-
-            # No per-line time budget: scores must not depend on how busy the machine is.
-            settings = CompletionSettings(k=k, line_budget_ms=None)
-            systems["engine"] = CompletionEngine.open(model, index_path, settings, device=device)
+        systems.update(_engines(engines, model, index, index_path, k, device))
     systems.update(completers or {})
     run_dir = new_run_dir("repo", out)
     scores, files = {}, {}
@@ -183,10 +225,11 @@ def run_repo(repo: str | Path, model=None, use_model: bool = True,
         result = task.score(examples, completions)
         for key, value in result.scores.items():
             scores[f"{name}: {key}"] = value
-        slug = name.replace(" + ", "-").replace(" ", "-")
+        slug = "-".join(name.replace("+", " ").replace("(", " ").replace(")", " ").split())
         files[name] = write_records(run_dir, f"tasks-{slug}", result.records)
     results = _base_results("repo-lines", task, seed,
-                            {"n_tasks": n_tasks, "k": k, "engine": engine}, started)
+                            {"n_tasks": n_tasks, "k": k,
+                             "engines": {v: ENGINE_VARIANTS[v] for v in engines}}, started)
     results.update(model=model_info, index=index_info, scores=scores, files=files,
                    systems=list(systems), seconds=round(time.time() - started, 1))
     write_run(run_dir, results)

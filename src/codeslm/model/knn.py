@@ -5,7 +5,8 @@ and the token that follows it (value), searched with FAISS at generation time.
 nearest keys (temperature: a quarter of the datastore's typical nearest-key distance, `scale`)
 and `λ' = λ·exp(-d_min / scale)` shrinking as the nearest key lies farther than is usual in this
 datastore (Khandelwal et al., 2020, with a distance-adaptive weight). A datastore remembers the
-fingerprint of the model that built it and refuses any other.
+fingerprint of the model that built it and refuses any other. Each entry remembers its file and
+line, so a completion can leave out its own file from the cursor on (the text it must not see).
 But: it does not decode (see `codeslm.complete.decode`) or walk repositories (see `codeslm.index`).
 """
 
@@ -23,7 +24,7 @@ import torch
 from codeslm.errors import ModelError
 
 KNN_DIR = "knn"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-entry file and line
 FLAT_LIMIT = 200_000  # keys above this are stored scalar-quantized (8 bits) in IVF lists
 
 
@@ -64,12 +65,41 @@ def hidden_states(model, ids: list[int], window: int) -> np.ndarray:
 class KnnDatastore:
     """Keys (hidden states) and values (next tokens) of a repository, for one model."""
 
-    def __init__(self, index, values: np.ndarray, meta: dict, k: int = 16):
+    def __init__(self, index, values: np.ndarray, meta: dict, lines: np.ndarray, k: int = 16):
         self.index = index
         self.values = values
         self.meta = meta
+        self.lines = lines  # 1-based line of each entry's next token in its file
         self.k = k
         self.scale = float(meta["distance_scale"])
+        self.paths = list(meta["paths"])
+        self.file_starts = np.asarray(meta["file_starts"], dtype=np.int64)  # first entry per file
+        self._params = None
+
+    def exclude_after(self, path: str, line: int) -> None:
+        """Leave out `path`'s entries from 1-based `line` on (its text at and after a cursor).
+
+        Entries are stored file by file in line order, so that is one range of ids. An unknown
+        path (or an empty one) clears the exclusion.
+        """
+        import faiss
+
+        self._params = None
+        if path not in self.paths:
+            return
+        f = self.paths.index(path)
+        start = int(self.file_starts[f])
+        end = int(self.file_starts[f + 1]) if f + 1 < len(self.paths) else len(self.values)
+        lo = start + int(np.searchsorted(self.lines[start:end], line, side="left"))
+        if lo >= end:
+            return
+        # The selectors are kept on self: FAISS holds raw pointers to them.
+        self._range = faiss.IDSelectorRange(lo, end)
+        self._not = faiss.IDSelectorNot(self._range)
+        if hasattr(self.index, "nprobe"):
+            self._params = faiss.SearchParametersIVF(sel=self._not, nprobe=self.index.nprobe)
+        else:
+            self._params = faiss.SearchParameters(sel=self._not)
 
     @classmethod
     def build(cls, model, tokenizer, files: list[tuple[str, str]], *, max_tokens: int = 2_000_000,
@@ -82,14 +112,19 @@ class KnnDatastore:
 
         template = fim_template(tokenizer)
         window = min(getattr(model.config, "max_position_embeddings", 1024), 1024)
-        keys, values, total = [], [], 0
+        keys, values, lines, paths, starts, total = [], [], [], [], [], 0
         for path, text in tqdm(files, desc="kNN datastore", unit="file", disable=not progress):
-            ids = tokenizer(template.block(path, text), add_special_tokens=False)["input_ids"]
+            block = template.block(path, text)
+            encoded = tokenizer(block, add_special_tokens=False, return_offsets_mapping=True)
+            ids = encoded["input_ids"]
             if len(ids) < 2 or total >= max_tokens:
                 continue
             ids = ids[: max_tokens - total + 1]
             keys.append(hidden_states(model, ids, window)[:-1])
             values.append(np.asarray(ids[1:], dtype=np.int32))
+            lines.append(_token_lines(block, len(block) - len(text), encoded["offset_mapping"][1 : len(ids)]))
+            paths.append(path)
+            starts.append(total)
             total += len(ids) - 1
         if not keys:
             raise ModelError("no code to build a kNN datastore from")
@@ -111,9 +146,11 @@ class KnnDatastore:
             "dim": d,
             "entries": int(len(keys_arr)),
             "files": len(files),
+            "paths": paths,
+            "file_starts": starts,
             "distance_scale": _distance_scale(index, keys_arr),
         }
-        return cls(index, values_arr, meta)
+        return cls(index, values_arr, meta, np.concatenate(lines))
 
     def save(self, index_dir: Path) -> Path:
         """Write under `index_dir/knn/`, replacing any previous datastore only once complete."""
@@ -125,6 +162,7 @@ class KnnDatastore:
         tmp.mkdir(parents=True)
         faiss.write_index(self.index, str(tmp / "keys.faiss"))
         np.save(tmp / "values.npy", self.values)
+        np.save(tmp / "lines.npy", self.lines)
         (tmp / "knn.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True))
         old = Path(index_dir) / f".{KNN_DIR}-old"
         shutil.rmtree(old, ignore_errors=True)
@@ -148,6 +186,7 @@ class KnnDatastore:
             meta = json.loads((where / "knn.json").read_text())
             index = faiss.read_index(str(where / "keys.faiss"))
             values = np.load(where / "values.npy")
+            lines = np.load(where / "lines.npy")
         except (OSError, ValueError, RuntimeError) as e:
             raise ModelError(f"the kNN datastore in {where} is corrupt ({e}); rebuild it with --knn") from e
         if meta.get("format_version") != FORMAT_VERSION:
@@ -158,14 +197,17 @@ class KnnDatastore:
                 f"(fingerprint {meta['model_fingerprint']}); its keys mean nothing to this one: "
                 "rebuild it with `codeslm index REPO --knn --model DIR` for this model"
             )
-        if len(values) != index.ntotal:
-            raise ModelError(f"the kNN datastore in {where} is corrupt (keys and values differ in count)")
-        return cls(index, values, meta)
+        if not len(values) == len(lines) == index.ntotal:
+            raise ModelError(f"the kNN datastore in {where} is corrupt (keys, values and lines differ in count)")
+        return cls(index, values, meta, lines)
 
     def distribution(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """`(next tokens of the k nearest keys, their softmax weights, the nearest distance)`."""
         query = hidden.detach().float().cpu().numpy().reshape(1, -1)
-        dist, rows = self.index.search(query, self.k)
+        if self._params is not None:
+            dist, rows = self.index.search(query, self.k, params=self._params)
+        else:
+            dist, rows = self.index.search(query, self.k)
         keep = rows[0] >= 0
         dist, rows = dist[0][keep], rows[0][keep]
         # A key at the typical nearest distance weighs e^-4 (1/55) of an exact match.
@@ -180,6 +222,20 @@ class KnnDatastore:
         lam = lam * float(np.exp(-nearest / self.scale))
         p_knn = torch.zeros_like(log_probs).index_add_(0, tokens, weights.to(log_probs.dtype))
         return torch.log(lam * p_knn + (1 - lam) * log_probs.exp() + 1e-30)
+
+
+def _token_lines(block: str, text_start: int, offsets) -> np.ndarray:
+    """1-based line in the file of each token's last character (0 for the block's header).
+
+    The last character decides, so a token that runs into a line (a newline and its
+    indentation) counts as part of it.
+    """
+    chars = np.frombuffer(block.encode("utf-32-le"), dtype=np.uint32)
+    newlines = np.flatnonzero(chars == ord("\n"))
+    newlines = newlines[newlines >= text_start]
+    ends = np.array([max(end - 1, start) for start, end in offsets], dtype=np.int64)
+    lines = np.searchsorted(newlines, ends, side="left") + 1
+    return np.where(ends < text_start, 0, lines).astype(np.int32)
 
 
 def _distance_scale(index, keys: np.ndarray) -> float:
