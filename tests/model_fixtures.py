@@ -77,6 +77,7 @@ def train_small_tokenizer(texts: list[str], vocab_size: int = 400):
 def write_corpus(root: Path, docs: list[dict], tokenizer=None, vocab_size: int = 400) -> Path:
     """Write `docs` (package, path, split, text) as a corpus directory; returns `root`."""
     from codeslm.model.tokenizer import save_tokenizer
+    from codeslm.train.shards import FORMAT, FORMAT_VERSION
 
     root.mkdir(parents=True, exist_ok=True)
     if tokenizer is None:
@@ -104,6 +105,7 @@ def write_corpus(root: Path, docs: list[dict], tokenizer=None, vocab_size: int =
         flat.tofile(root / f"{split}.bin")
         np.save(root / f"{split}.docs.npy", np.array(rows, dtype=np.int64).reshape(-1, 3))
     backend.encode_special_tokens = False
-    manifest = {"format": "codeslm-corpus", "dtype": "uint16", "vocab_size": len(tokenizer), "tokenizer": "tokenizer"}
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "dtype": "uint16", "vocab_size": len(tokenizer),
+                "tokenizer": "tokenizer", "file_sizes": {f.name: f.stat().st_size for f in root.iterdir() if f.is_file()}}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root

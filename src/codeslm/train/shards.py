@@ -2,14 +2,16 @@
 
 The layout (written by `codeslm corpus build`): `manifest.json`, `documents.jsonl`, `tokenizer/`,
 and per split `{train,val}.bin` (flat token ids, each document followed by end of text) with
-`{train,val}.docs.npy` (rows of document id, start and end token offsets).
-But: it only reads and checks a corpus; building one is `codeslm corpus build`.
+`{train,val}.docs.npy` (rows of document id, start and end token offsets). Training and the
+tokenizer trainer read corpora only through `Corpus`.
+But: it only reads and checks a corpus; building one is `codeslm.train.corpus`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import numpy as np
 
 from codeslm.errors import CorpusError
 
+FORMAT = "codeslm-corpus"
+FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 
 
@@ -40,7 +44,7 @@ class DocumentInfo:
 
 
 class Corpus:
-    """A checked corpus directory. Open with `Corpus.open(path)`."""
+    """A corpus directory, checked complete and consistent on open: `Corpus.open(path)`."""
 
     def __init__(self, root: Path, manifest: dict, splits: dict[str, Split]):
         self.root = root
@@ -53,18 +57,7 @@ class Corpus:
         root = Path(root)
         if not root.is_dir():
             raise CorpusError(f"corpus directory {root} does not exist")
-        manifest_file = root / "manifest.json"
-        if not manifest_file.is_file():
-            raise CorpusError(
-                f"{root} is not a corpus: no manifest.json (build one with `codeslm corpus build`)"
-            )
-        try:
-            manifest = json.loads(manifest_file.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CorpusError(f"{manifest_file} is not valid JSON: {e}") from e
-        for key in ("dtype", "vocab_size"):
-            if key not in manifest:
-                raise CorpusError(f"{manifest_file} lacks {key!r}")
+        manifest = cls._read_manifest(root)
         dtype = np.dtype(manifest["dtype"])
         splits = {name: cls._open_split(root, name, dtype) for name in SPLITS}
         if splits["train"].n_tokens == 0 or len(splits["train"].docs) == 0:
@@ -76,16 +69,46 @@ class Corpus:
         return corpus
 
     @staticmethod
+    def _read_manifest(root: Path) -> dict:
+        manifest_file = root / "manifest.json"
+        # The build writes the manifest last: a directory without one was never finished.
+        if not manifest_file.is_file():
+            raise CorpusError(
+                f"{root} is not a complete corpus: no manifest.json "
+                "(build it with `codeslm corpus build`)"
+            )
+        try:
+            manifest = json.loads(manifest_file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CorpusError(f"{manifest_file} is not valid JSON: {e}") from e
+        if not isinstance(manifest, dict):
+            raise CorpusError(f"{manifest_file} is not a JSON object")
+        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            raise CorpusError(f"{root} holds no {FORMAT} v{FORMAT_VERSION} corpus")
+        for key in ("dtype", "vocab_size", "file_sizes"):
+            if key not in manifest:
+                raise CorpusError(f"{manifest_file} lacks {key!r}")
+        # Sizes the build recorded catch a shard cut short (or grown) after the manifest was written.
+        for name, size in manifest["file_sizes"].items():
+            if not (root / name).is_file():
+                raise CorpusError(f"corpus {root} is incomplete: {name} is missing")
+            actual = (root / name).stat().st_size
+            if actual != size:
+                raise CorpusError(
+                    f"corpus {root} is incomplete: {name} is {actual} bytes, expected {size}"
+                )
+        tokenizer_file = f"{manifest.get('tokenizer', 'tokenizer')}/tokenizer.json"
+        if not (root / tokenizer_file).is_file():
+            raise CorpusError(f"corpus {root} is incomplete: {tokenizer_file} is missing")
+        return manifest
+
+    @staticmethod
     def _open_split(root: Path, name: str, dtype: np.dtype) -> Split:
         bin_file, docs_file = root / f"{name}.bin", root / f"{name}.docs.npy"
         for f in (bin_file, docs_file):
             if not f.is_file():
                 raise CorpusError(f"corpus {root} is incomplete: {f.name} is missing")
         size = bin_file.stat().st_size
-        if size % dtype.itemsize:
-            raise CorpusError(
-                f"{bin_file} is truncated: {size} bytes is not a whole number of {dtype} ids"
-            )
         tokens = np.memmap(bin_file, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
         try:
             docs = np.load(docs_file)
@@ -126,25 +149,29 @@ class Corpus:
         """Package and path of every document, by id (text is not kept)."""
         if self._documents is None:
             self._documents = {}
-            for record in self._records():
+            for record in self.records():
                 info = DocumentInfo(int(record["id"]), str(record["package"]), str(record["path"]))
                 self._documents[info.id] = info
         return self._documents
 
     def texts(self, ids: set[int]) -> dict[int, str]:
         """The text of the documents in `ids`."""
-        return {int(r["id"]): r["text"] for r in self._records() if int(r["id"]) in ids}
+        return {int(r["id"]): r["text"] for r in self.records() if int(r["id"]) in ids}
 
-    def _records(self):
+    def records(self, split: str | None = None) -> Iterator[dict]:
+        """Full document records (id, source, package, path, split, sha256, bytes, text), all or
+        one split's, streamed from documents.jsonl since the texts are too large to hold."""
         path = self.root / "documents.jsonl"
         if not path.is_file():
             raise CorpusError(f"corpus {self.root} is incomplete: documents.jsonl is missing")
         with path.open(encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 try:
-                    yield json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise CorpusError(f"{path} line {n} is not valid JSON: {e}") from e
+                if split is None or record["split"] == split:
+                    yield record
 
 
 def token_byte_lengths(tokenizer) -> np.ndarray:
