@@ -49,6 +49,13 @@ def _base_results(benchmark: str, task: Task, seed: int, settings: dict, started
                                                            time.localtime(started))}
 
 
+def _execution_fields(result) -> dict:
+    """The sandbox's isolation report and the other execution details of a scored result."""
+    isolation = result.details["isolation"]
+    return {"sandbox": {**isolation, "summary": isolation_summary(isolation)},
+            "details": {k: v for k, v in result.details.items() if k != "isolation"}}
+
+
 def run_humaneval(model=None, samples: str | Path | None = None, n: int = 1,
                   temperature: float = 0.0, top_p: float = 1.0, ks: tuple[int, ...] = (1,),
                   workers: int | None = None, limit: int | None = None, seed: int = 0,
@@ -90,10 +97,7 @@ def run_humaneval(model=None, samples: str | Path | None = None, n: int = 1,
         files["samples"] = "samples.jsonl"
     results = _base_results("humaneval", task, seed, settings, started)
     results.update(model=model_info, index=None, scores=result.scores, files=files,
-                   sandbox={**result.details["isolation"],
-                            "summary": isolation_summary(result.details["isolation"])},
-                   details={k: v for k, v in result.details.items() if k != "isolation"},
-                   seconds=round(time.time() - started, 1))
+                   **_execution_fields(result), seconds=round(time.time() - started, 1))
     write_run(run_dir, results)
     return run_dir, results
 
@@ -117,10 +121,7 @@ def run_infill(mode: str = "single-line", model=None, limit: int | None = None,
                             {"mode": mode, "limit": limit, "timeout_s": timeout}, started)
     results.update(model=complete.describe(), index=None, scores=result.scores,
                    files={"results": write_records(run_dir, "results", result.records)},
-                   sandbox={**result.details["isolation"],
-                            "summary": isolation_summary(result.details["isolation"])},
-                   details={k: v for k, v in result.details.items() if k != "isolation"},
-                   seconds=round(time.time() - started, 1))
+                   **_execution_fields(result), seconds=round(time.time() - started, 1))
     write_run(run_dir, results)
     return run_dir, results
 
