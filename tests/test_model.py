@@ -85,6 +85,9 @@ def test_budget_keeps_the_prefix_nearest_the_cursor_and_drops_least_relevant_con
     prompt = build_prompt(tokenizer, prefix, "\nprint(result)\n", context, "demo", max_tokens=300)
     assert count_tokens(tokenizer, prompt) <= 300 + 4
     assert prompt.endswith("result = value_199 +<fim_suffix>\nprint(result)\n<fim_middle>")
+    # A long file does not crowd out context: half the budget is kept for it.
+    assert "c19.py" in prompt and "c0.py" not in prompt
+    assert count_tokens(tokenizer, prompt.split("<fim_prefix>")[0]) >= 100
     # The most relevant chunk is the last one given; it must survive before any earlier one.
     short = build_prompt(tokenizer, "x = 1\n", "", context, None, max_tokens=120)
     assert "c19.py" in short and "c0.py" not in short

@@ -152,7 +152,8 @@ def hostile_outcomes(box) -> dict[str, Outcome]:
     jobs = [(WRONG + HOSTILE[name], "import math\nassert math.isclose(abs(f() - 1), 0)\n")
             for name in names]
     start = time.monotonic()
-    outcomes = box.run_many(jobs)
+    # Filling a gigabyte takes seconds on a loaded machine; it must end by the memory limit.
+    outcomes = box.run_many(jobs, timeout_s=6.0)
     assert time.monotonic() - start < 60
     return dict(zip(names, outcomes, strict=True))
 

@@ -138,8 +138,7 @@ class CompletionEngine:
         self.repo_root = Path(index.manifest.repo) if index is not None else None
         self.repo_name = self.repo_root.name if self.repo_root is not None else None
         self.decoder = CachedDecoder(model, tokenizer, knn, settings.knn_lambda)
-        limit = getattr(model.config, "max_position_embeddings", None) or 4096
-        self.prompt_budget = max(64, min(settings.max_prompt_tokens, limit - 160))
+        self.position_limit = getattr(model.config, "max_position_embeddings", None) or 4096
         self._recent: OrderedDict[int, _Remembered] = OrderedDict()
         self._n = 0
 
@@ -281,9 +280,9 @@ class CompletionEngine:
         t = time.perf_counter()
         # Least relevant first, so the best chunk sits nearest the cursor.
         context = [(h.path, h.text) for h in reversed(hits)] + list(request.extra_context)
-        prompt = build_prompt(
-            self.tokenizer, prefix, suffix, context, self.repo_name, max_tokens=self.prompt_budget
-        )
+        # Prompt and new tokens stay within the positions the model was trained on.
+        budget = max(64, min(settings.max_prompt_tokens, self.position_limit - settings.new_tokens()))
+        prompt = build_prompt(self.tokenizer, prefix, suffix, context, self.repo_name, max_tokens=budget)
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         prompt_ms = (time.perf_counter() - t) * 1000
         deadline = None

@@ -145,14 +145,18 @@ def build_prompt(
     repo_name: str | None = None,
     max_tokens: int = 1024,
     path: str | None = None,
+    context_share: float = 0.5,
 ) -> str:
     """The prompt for completing at the cursor between `prefix` and `suffix`, within `max_tokens`.
 
     `context` holds `(path, text)` retrieved chunks, most relevant last. With `suffix=None` the
     prompt is left to right (context, then the current file's header naming `path` when given,
-    then the prefix). The budget goes first to the prefix nearest the cursor, then to the suffix
-    (at most a quarter of it), then to context blocks from the most relevant back; a block that
-    does not fit whole is cut at its end, and blocks beyond that are left out.
+    then the prefix). Up to `context_share` of the budget is kept for context (as much as the
+    blocks need); the rest goes first to the prefix nearest the cursor, then to the suffix (at
+    most a quarter of it); what the file leaves over goes to context too. Context blocks are
+    taken from the most relevant back; a block that does not fit whole is cut at its end, and
+    blocks beyond that are left out. Without the reserve a long file would crowd out every
+    retrieved chunk, and the model was trained with context and file sharing its window.
 
     Example:
         >>> build_prompt(tok, "def add(a, b):\\n    return", "\\n", [("m.py", "x = 1")], "demo")
@@ -169,6 +173,9 @@ def build_prompt(
     if with_context:
         shell += template.context_text((), repo_name)
     budget = max_tokens - count_tokens(tokenizer, shell)
+    blocks = [count_tokens(tokenizer, template.block(p, t)) for p, t in context]
+    reserve = min(sum(blocks), int(budget * context_share))
+    budget -= reserve
 
     suffix_text = ""
     if infill:
@@ -177,10 +184,10 @@ def build_prompt(
         budget -= count_tokens(tokenizer, suffix_text)
     prefix_text = _tail(tokenizer, prefix, budget)
     budget -= count_tokens(tokenizer, prefix_text)
+    budget += reserve
 
     kept: list[tuple[str, str]] = []
-    for chunk_path, text in reversed(context):
-        cost = count_tokens(tokenizer, template.block(chunk_path, text))
+    for (chunk_path, text), cost in zip(reversed(context), reversed(blocks), strict=True):
         if cost <= budget:
             kept.append((chunk_path, text))
             budget -= cost
