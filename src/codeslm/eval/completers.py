@@ -31,9 +31,6 @@ class ModelCompleter:
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         self.model, self.tokenizer = load_model(self.model_dir, device=device)
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
-        # Prompt and new tokens stay within the positions the model was trained on.
-        limit = getattr(self.model.config, "max_position_embeddings", None) or 4096
-        max_prompt_tokens = max(64, min(max_prompt_tokens, limit - max_new_tokens))
         self.seed, self.max_prompt_tokens, self.stop = seed, max_prompt_tokens, stop
         self.repo_name = repo_name
         self._calls: Counter[str] = Counter()
