@@ -157,20 +157,19 @@ ENGINE_VARIANTS = {
 }
 
 
-def _engines(variants, model, index, index_path: Path, k: int, device: str) -> dict:
+def _engines(variants, model, model_obj, tokenizer, index, index_path: Path, k: int,
+             device: str) -> dict:
     """One completion engine per variant, sharing the model, the index and the kNN datastore.
 
     The datastore in `index_path` is (re)built for this model when it is missing or another
     model built it. No per-line time budget: scores must not depend on how busy the machine is.
     """
     from codeslm.complete import CompletionEngine, CompletionSettings
-    from codeslm.model.loading import load_model
 
     unknown = [v for v in variants if v not in ENGINE_VARIANTS]
     if unknown:
         raise EvalError(f"unknown engine variant(s) {', '.join(unknown)}; "
                         f"choose from {', '.join(ENGINE_VARIANTS)}")
-    model_obj, tokenizer = load_model(model, device=device)
     knn = None
     if any(ENGINE_VARIANTS[v].get("knn_lambda") for v in variants):
         from codeslm.errors import ModelError
@@ -217,7 +216,9 @@ def run_repo(repo: str | Path, model=None, use_model: bool = True,
         model_info = complete.describe()
         systems["model"] = complete
         systems["model + retrieval"] = RetrievalCompleter(complete, index, k=k)
-        systems.update(_engines(engines, model, index, index_path, k, device))
+        # The engines share the completer's loaded model.
+        systems.update(_engines(engines, model, complete.model, complete.tokenizer, index,
+                                index_path, k, device))
     systems.update(completers or {})
     run_dir = new_run_dir("repo", out)
     scores, files = {}, {}

@@ -72,7 +72,7 @@ class KnnDatastore:
         self.lines = lines  # 1-based line of each entry's next token in its file
         self.k = k
         self.scale = float(meta["distance_scale"])
-        self.paths = list(meta["paths"])
+        self.file_of = {path: i for i, path in enumerate(meta["paths"])}
         self.file_starts = np.asarray(meta["file_starts"], dtype=np.int64)  # first entry per file
         self._params = None
 
@@ -85,11 +85,11 @@ class KnnDatastore:
         import faiss
 
         self._params = None
-        if path not in self.paths:
+        f = self.file_of.get(path)
+        if f is None:
             return
-        f = self.paths.index(path)
         start = int(self.file_starts[f])
-        end = int(self.file_starts[f + 1]) if f + 1 < len(self.paths) else len(self.values)
+        end = int(self.file_starts[f + 1]) if f + 1 < len(self.file_starts) else len(self.values)
         lo = start + int(np.searchsorted(self.lines[start:end], line, side="left"))
         if lo >= end:
             return
