@@ -60,6 +60,30 @@ def test_fim_transforms_put_every_token_back():
             assert undo_fim(seq.tolist(), ids) == tokens.tolist()
 
 
+def test_line_cuts_end_the_middle_at_a_line_end_and_put_every_token_back():
+    newline = 7
+    ids = FimIds(prefix=1, suffix=3, middle=2, newlines=frozenset({newline}))
+    rng = np.random.default_rng(0)
+    from_line_start = 0
+    for n in [0, 1, 5, 40, 200] * 40:
+        tokens = rng.integers(10, 500, size=n)
+        tokens[rng.random(n) < 0.15] = newline
+        for spm in (False, True):
+            seq = to_fim(tokens, ids, rng, spm, by_line=True).tolist()
+            assert undo_fim(seq, ids) == tokens.tolist()
+            if spm or n == 0:
+                continue
+            s, m = seq.index(ids.suffix), seq.index(ids.middle)
+            prefix, suffix, middle = seq[1:s], seq[s + 1 : m], seq[m + 1 :]
+            # The middle stops right after a line end, or runs to the end of a last line.
+            if suffix:
+                assert middle and middle[-1] == newline
+            else:
+                assert not middle or middle[-1] == newline or newline not in middle
+            from_line_start += not prefix or prefix[-1] == newline
+    assert from_line_start > 100  # cursors at a line start are common, as in an editor
+
+
 def test_retrieved_context_comes_from_other_files_of_the_same_package(corpus_dir):
     corpus = Corpus.open(corpus_dir)
     tokenizer = corpus.load_tokenizer()

@@ -147,7 +147,8 @@ def _sha256(path: Path) -> str:
 
 
 def _check_resume(state: dict, settings: TrainSettings, corpus: Corpus) -> None:
-    saved = state["identity"]
+    # A setting added after the checkpoint was made had its default value then.
+    saved = {**TrainSettings().identity(), **state["identity"]}
     mine = settings.identity()
     diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
     if diff:
@@ -246,6 +247,7 @@ def train(
             settings.spm_rate,
             settings.retrieval_rate,
             settings.seed,
+            settings.fim_line_rate,
         ),
         contexts,
         paths,

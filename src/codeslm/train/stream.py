@@ -1,10 +1,11 @@
 """Training rows: packed documents with FIM, plus rows that put retrieved context before a file.
 
 A plain row is cut from a stream of document windows (each window of a shuffled epoch, with FIM at
-`fim_rate`, half of those SPM at `spm_rate`) packed back to back. A retrieval row starts with a
-file's retrieved context (no loss), then that file (FIM, or `<file_sep>PATH\\n` and its text),
-then packed windows fill the rest. Everything is drawn from one seeded generator, and `state()`
-/ `restore()` capture the exact position, so a resumed run sees the same rows.
+`fim_rate`, SPM at `spm_rate` of those and cut at line ends at `fim_line_rate`) packed back to
+back. A retrieval row starts with a file's retrieved context (no loss), then that file (FIM, or
+`<file_sep>PATH\\n` and its text), then packed windows fill the rest. Everything is drawn from one
+seeded generator, and `state()` / `restore()` capture the exact position, so a resumed run sees
+the same rows.
 But: it does not retrieve (see `codeslm.train.retrieval_examples`) or train.
 """
 
@@ -29,6 +30,7 @@ class StreamSettings:
     spm_rate: float
     retrieval_rate: float
     seed: int
+    fim_line_rate: float = 0.0
 
 
 class TrainingStream:
@@ -93,9 +95,8 @@ class TrainingStream:
             tokens = np.asarray(self.split.tokens[lo:hi], dtype=np.int64)
             last = hi == end
             if self.rng.random() < self.settings.fim_rate:
-                tokens = to_fim(
-                    tokens, self.fim_ids, self.rng, self.rng.random() < self.settings.spm_rate
-                )
+                spm = self.rng.random() < self.settings.spm_rate
+                tokens = to_fim(tokens, self.fim_ids, self.rng, spm, self._by_line())
                 last = True  # the end of text closes the middle, so generation learns to stop
             if last:
                 tokens = np.append(tokens, self.eot)
@@ -109,6 +110,11 @@ class TrainingStream:
         out = self.buffer[:n], self.buffer_mask[:n]
         self.buffer, self.buffer_mask = self.buffer[n:], self.buffer_mask[n:]
         return out
+
+    def _by_line(self) -> bool:
+        # No draw at rate 0, so runs that predate line cuts keep their exact data order.
+        rate = self.settings.fim_line_rate
+        return rate > 0 and self.rng.random() < rate
 
     # Retrieval rows -----------------------------------------------------------------------
 
@@ -132,7 +138,9 @@ class TrainingStream:
         offset = int(self.rng.integers(0, end - start - n + 1))
         tokens = np.asarray(self.split.tokens[start + offset : start + offset + n], dtype=np.int64)
         if fim:
-            target = np.append(to_fim(tokens, self.fim_ids, self.rng, spm), self.eot)
+            target = np.append(
+                to_fim(tokens, self.fim_ids, self.rng, spm, self._by_line()), self.eot
+            )
         else:
             reaches_end = start + offset + n == end
             target = np.concatenate([header, tokens, [self.eot] if reaches_end else []]).astype(
