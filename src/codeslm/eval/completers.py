@@ -31,6 +31,10 @@ class ModelCompleter:
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         self.model, self.tokenizer = load_model(self.model_dir, device=device)
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        # The prompt stays within the positions the model was trained on, leaving room for a
+        # completion of typical length (a quarter of the positions, or less when asked for less).
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 4096
+        max_prompt_tokens = min(max_prompt_tokens, limit - min(max_new_tokens, limit // 4))
         self.seed, self.max_prompt_tokens, self.stop = seed, max_prompt_tokens, stop
         self.repo_name = repo_name
         self._calls: Counter[str] = Counter()
