@@ -4,6 +4,7 @@ per byte on the validation split and on code in no training split, beside gzip -
 
     python eval/bench_model.py                       # shipped model, default recipe and corpus
     python eval/bench_model.py --compile             # also time the training step under torch.compile
+    python eval/bench_model.py --samples-only        # just the greedy samples of the model card
 
 Numbers depend on what else the machine runs: the table prints the load average next to them.
 """
@@ -120,6 +121,33 @@ def latency(model, tokenizer, corpus_dir: Path, runs: int) -> dict:
             "p50_ms": 1000 * float(np.percentile(times, 50)), "p95_ms": 1000 * float(np.percentile(times, 95))}
 
 
+SAMPLES = [  # (prompt, suffix or None for plain continuation)
+    ("def add(a, b):\n    return", None),
+    ("import os\n\n\ndef read_file(path):\n    with open(path) as f:\n        return", None),
+    ("class Stack:\n    def __init__(self):\n        self.items = []\n\n"
+     "    def push(self, item):\n        self.items.", None),
+    ("def is_even(n):\n    return ", "\n\n\nprint(is_even(4))\n"),
+]
+
+
+def samples(model, tokenizer) -> list[tuple[str, str]]:
+    """Greedy completions of `SAMPLES`: plain prompts stop at a blank line, infilling at a line end."""
+    from codeslm.model.generate import generate
+    from codeslm.model.prompt import fim_template
+
+    template = fim_template(tokenizer)
+    rows = []
+    for prefix, suffix in SAMPLES:
+        if suffix is None:
+            out = generate(model, tokenizer, prefix, max_new_tokens=32, stop=["\n\n"])
+            rows.append((prefix, out))
+        else:
+            out = generate(model, tokenizer, template.fim_text(prefix, suffix), max_new_tokens=32,
+                           stop=["\n"])
+            rows.append((f"infill {prefix} ▮ {suffix}", out))
+    return rows
+
+
 def val_texts(corpus_dir: Path, max_bytes: int) -> list[tuple[str, str]]:
     texts, total = [], 0
     with (corpus_dir / "documents.jsonl").open() as f:
@@ -145,6 +173,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--samples-only", action="store_true", help="only the greedy samples")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
@@ -157,6 +186,12 @@ def main() -> None:
     settings = load_recipe(args.recipe)
     corpus_dir = REPO / settings.corpus
     print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at start")
+    if args.samples_only:
+        model, tokenizer = load_model(args.model, device="cpu")
+        print("\n| prompt | completion |\n|---|---|")
+        for prompt, out in samples(model, tokenizer):
+            print(f"| `{prompt!r}` | `{out!r}` |")
+        return
     if not args.skip_training:
         print(f"\nTraining step, {settings.size} model, {settings.batch_size}x{settings.seq_len} tokens:")
         from codeslm.train.throughput import peak_flops
@@ -185,6 +220,9 @@ def main() -> None:
         result = measure(model, tokenizer, texts, context_len=context_len)
         s = result["scores"]
         print(f"  {name[:44]:<44} {result['bytes']:>9} {s['model']:>7.3f} {s['gzip -9']:>8.3f} {s['xz -9']:>7.3f}")
+    print("\nGreedy samples (plain prompts stop at a blank line, infilling at a line end):")
+    for prompt, out in samples(model, tokenizer):
+        print(f"  {prompt!r}\n    -> {out!r}")
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
