@@ -130,22 +130,21 @@ SAMPLES = [  # (prompt, suffix or None for plain continuation)
 ]
 
 
-def samples(model, tokenizer) -> list[tuple[str, str]]:
-    """Greedy completions of `SAMPLES`: plain prompts stop at a blank line, infilling at a line end."""
+def print_samples(model, tokenizer) -> None:
+    """A markdown table of greedy completions of `SAMPLES`: plain prompts stop at a blank line,
+    infilling at a line end."""
     from codeslm.model.generate import generate
     from codeslm.model.prompt import fim_template
 
     template = fim_template(tokenizer)
-    rows = []
+    print("\nGreedy samples:\n\n| prompt | completion |\n|---|---|")
     for prefix, suffix in SAMPLES:
         if suffix is None:
-            out = generate(model, tokenizer, prefix, max_new_tokens=32, stop=["\n\n"])
-            rows.append((prefix, out))
+            shown, prompt, stop = repr(prefix), prefix, "\n\n"
         else:
-            out = generate(model, tokenizer, template.fim_text(prefix, suffix), max_new_tokens=32,
-                           stop=["\n"])
-            rows.append((f"infill {prefix} ▮ {suffix}", out))
-    return rows
+            shown, prompt, stop = f"infill {prefix!r} ▮ {suffix!r}", template.fim_text(prefix, suffix), "\n"
+        out = generate(model, tokenizer, prompt, max_new_tokens=32, stop=[stop])
+        print(f"| `{shown}` | `{out!r}` |")
 
 
 def val_texts(corpus_dir: Path, max_bytes: int) -> list[tuple[str, str]]:
@@ -187,10 +186,7 @@ def main() -> None:
     corpus_dir = REPO / settings.corpus
     print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at start")
     if args.samples_only:
-        model, tokenizer = load_model(args.model, device="cpu")
-        print("\n| prompt | completion |\n|---|---|")
-        for prompt, out in samples(model, tokenizer):
-            print(f"| `{prompt!r}` | `{out!r}` |")
+        print_samples(*load_model(args.model, device="cpu"))
         return
     if not args.skip_training:
         print(f"\nTraining step, {settings.size} model, {settings.batch_size}x{settings.seq_len} tokens:")
@@ -220,9 +216,7 @@ def main() -> None:
         result = measure(model, tokenizer, texts, context_len=context_len)
         s = result["scores"]
         print(f"  {name[:44]:<44} {result['bytes']:>9} {s['model']:>7.3f} {s['gzip -9']:>8.3f} {s['xz -9']:>7.3f}")
-    print("\nGreedy samples (plain prompts stop at a blank line, infilling at a line end):")
-    for prompt, out in samples(model, tokenizer):
-        print(f"  {prompt!r}\n    -> {out!r}")
+    print_samples(model, tokenizer)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -391,12 +391,11 @@ def generate_cmd(prompt, model_dir, prefix, suffix, max_new_tokens, temperature,
         raise click.UsageError("give either PROMPT or --prefix/--suffix")
     from codeslm.model.generate import generate
     from codeslm.model.loading import load_model
-    from codeslm.model.prompt import build_prompt
+    from codeslm.model.prompt import build_prompt, prompt_budget
 
     model, tokenizer = load_model(model_dir, device=device)
     if prompt is None:
-        # Leave room in the trained context for the new tokens.
-        room = max(model.config.max_position_embeddings - max_new_tokens, 64)
+        room = prompt_budget(model, None, max_new_tokens)
         prompt = build_prompt(tokenizer, prefix or "", suffix or "", max_tokens=room)
     click.echo(generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens,
                         temperature=temperature, top_p=top_p, stop=stop, seed=seed))

@@ -138,7 +138,6 @@ class CompletionEngine:
         self.repo_root = Path(index.manifest.repo) if index is not None else None
         self.repo_name = self.repo_root.name if self.repo_root is not None else None
         self.decoder = CachedDecoder(model, tokenizer, knn, settings.knn_lambda)
-        self.position_limit = getattr(model.config, "max_position_embeddings", None) or 4096
         self._recent: OrderedDict[int, _Remembered] = OrderedDict()
         self._n = 0
 
@@ -275,13 +274,13 @@ class CompletionEngine:
         )
 
     def _generate(self, request, prefix, suffix, fragment, hits, rule, settings):
-        from codeslm.model.prompt import build_prompt
+        from codeslm.model.prompt import build_prompt, prompt_budget
 
         t = time.perf_counter()
         # Least relevant first, so the best chunk sits nearest the cursor.
         context = [(h.path, h.text) for h in reversed(hits)] + list(request.extra_context)
         # Prompt and new tokens stay within the positions the model was trained on.
-        budget = max(64, min(settings.max_prompt_tokens, self.position_limit - settings.new_tokens()))
+        budget = prompt_budget(self.model, settings.max_prompt_tokens, settings.new_tokens())
         prompt = build_prompt(self.tokenizer, prefix, suffix, context, self.repo_name, max_tokens=budget)
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         prompt_ms = (time.perf_counter() - t) * 1000

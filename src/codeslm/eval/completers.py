@@ -27,14 +27,15 @@ class ModelCompleter:
                  seed: int = 0, max_prompt_tokens: int = 1024, stop: tuple[str, ...] = (),
                  repo_name: str | None = None):
         from codeslm.model.loading import default_model_dir, load_model
+        from codeslm.model.prompt import position_limit, prompt_budget
 
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         self.model, self.tokenizer = load_model(self.model_dir, device=device)
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         # The prompt stays within the positions the model was trained on, leaving room for a
         # completion of typical length (a quarter of the positions, or less when asked for less).
-        limit = getattr(self.model.config, "max_position_embeddings", None) or 4096
-        max_prompt_tokens = min(max_prompt_tokens, limit - min(max_new_tokens, limit // 4))
+        reserve = min(max_new_tokens, position_limit(self.model) // 4)
+        max_prompt_tokens = prompt_budget(self.model, max_prompt_tokens, reserve)
         self.seed, self.max_prompt_tokens, self.stop = seed, max_prompt_tokens, stop
         self.repo_name = repo_name
         self._calls: Counter[str] = Counter()

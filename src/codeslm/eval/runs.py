@@ -157,8 +157,7 @@ ENGINE_VARIANTS = {
 }
 
 
-def _engines(variants, model, model_obj, tokenizer, index, index_path: Path, k: int,
-             device: str) -> dict:
+def _engines(variants, model, tokenizer, index, index_path: Path, k: int) -> dict:
     """One completion engine per variant, sharing the model, the index and the kNN datastore.
 
     The datastore in `index_path` is (re)built for this model when it is missing or another
@@ -176,15 +175,14 @@ def _engines(variants, model, model_obj, tokenizer, index, index_path: Path, k: 
         from codeslm.model.knn import KnnDatastore, build_index_datastore
 
         try:
-            knn = KnnDatastore.load(index_path, model_obj)
+            knn = KnnDatastore.load(index_path, model)
         except ModelError:
-            build_index_datastore(index_path, model, device=device)
-            knn = KnnDatastore.load(index_path, model_obj)
+            knn = build_index_datastore(index_path, loaded=(model, tokenizer))
     engines = {}
     for variant in variants:
         settings = CompletionSettings(k=k, line_budget_ms=None, **ENGINE_VARIANTS[variant])
         engines[f"engine ({variant})"] = CompletionEngine(
-            model_obj, tokenizer, index, settings, knn if settings.knn_lambda > 0 else None)
+            model, tokenizer, index, settings, knn if settings.knn_lambda > 0 else None)
     return engines
 
 
@@ -217,8 +215,7 @@ def run_repo(repo: str | Path, model=None, use_model: bool = True,
         systems["model"] = complete
         systems["model + retrieval"] = RetrievalCompleter(complete, index, k=k)
         # The engines share the completer's loaded model.
-        systems.update(_engines(engines, model, complete.model, complete.tokenizer, index,
-                                index_path, k, device))
+        systems.update(_engines(engines, complete.model, complete.tokenizer, index, index_path, k))
     systems.update(completers or {})
     run_dir = new_run_dir("repo", out)
     scores, files = {}, {}

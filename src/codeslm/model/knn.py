@@ -251,9 +251,10 @@ def _distance_scale(index, keys: np.ndarray) -> float:
 
 
 def build_index_datastore(index_dir: str | Path, model_dir: str | Path | None = None, *,
-                          max_tokens: int = 2_000_000, device: str = "auto",
-                          progress: bool = True) -> KnnDatastore:
-    """Build and save the datastore of the index in `index_dir` with a model (default: ours)."""
+                          loaded: tuple | None = None, max_tokens: int = 2_000_000,
+                          device: str = "auto", progress: bool = True) -> KnnDatastore:
+    """Build and save the datastore of the index in `index_dir` with a model (default: ours), or
+    with an already loaded `(model, tokenizer)`."""
     from codeslm.index import Index
     from codeslm.model.loading import load_model
 
@@ -269,7 +270,7 @@ def build_index_datastore(index_dir: str | Path, model_dir: str | Path | None = 
             files.append((path, (repo / path).read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError):
             continue  # deleted or rewritten since indexing; the next `codeslm index` catches up
-    model, tokenizer = load_model(model_dir, device=device)
+    model, tokenizer = loaded or load_model(model_dir, device=device)
     store = KnnDatastore.build(model, tokenizer, files, max_tokens=max_tokens, progress=progress)
     store.save(Path(index_dir))
     return store

@@ -109,6 +109,18 @@ def fim_template(tokenizer) -> FimTemplate:
     raise ModelError(f"the tokenizer has no fill-in-the-middle tokens of a known family: {known}")
 
 
+def position_limit(model) -> int:
+    """The positions `model` was trained on (4096 when its config does not say)."""
+    return getattr(model.config, "max_position_embeddings", None) or 4096
+
+
+def prompt_budget(model, wanted: int | None, reserve: int) -> int:
+    """Prompt tokens to give `build_prompt`: at most `wanted` (None: no cap of its own), leaving
+    `reserve` of the model's trained positions for new tokens, and never fewer than 64."""
+    room = position_limit(model) - reserve
+    return max(64, room if wanted is None else min(wanted, room))
+
+
 def count_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
