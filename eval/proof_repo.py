@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECTS = ["boltons==26.2.0", "toolz==1.2.0", "marshmallow==4.4.0"]
-ENGINES = ("none", "bm25", "hybrid", "repocoder", "knn", "bm25+knn")
+ENGINES = ("none", "bm25", "hybrid", "repocoder", "knn", "bm25+knn", "none-no-cache", "bm25-no-cache")
 
 
 def fetch(spec: str, where: Path) -> Path:

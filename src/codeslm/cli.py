@@ -332,13 +332,16 @@ def train_cmd(recipe, corpus, run_dir, size, d_model, n_layers, n_heads, n_kv_he
 @click.option("--repocoder", is_flag=True, help="Retrieve again with the first draft appended.")
 @click.option("--knn-lambda", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Weight of the index's kNN datastore in the next-token distribution.")
+@click.option("--no-ngram-cache", is_flag=True,
+              help="Do not mix in what followed the last tokens elsewhere in the file and the "
+                   "retrieved chunks (its weights suit the shipped model).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or auto.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads; decoding one token at a time is fastest on one.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the completion with retrieved chunks, prompt size and time split.")
 def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval, mode, repocoder,
-                 knn_lambda, device, threads, as_json):
+                 knn_lambda, no_ngram_cache, device, threads, as_json):
     """Complete the code in FILE at --line/--col with retrieval from the repository's index."""
     import json
 
@@ -354,7 +357,8 @@ def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval,
         except click.UsageError:
             index_dir = None
     settings = CompletionSettings(multiline=multiline, retrieval=not no_retrieval, mode=mode,
-                                  repocoder=repocoder, knn_lambda=knn_lambda)
+                                  repocoder=repocoder, knn_lambda=knn_lambda,
+                                  ngram_cache=not no_ngram_cache)
     engine = CompletionEngine.open(model_dir, index_dir, settings, device=device)
     result = engine.complete_file(file, line, col)
     if index_dir is None and not no_retrieval:
@@ -515,10 +519,11 @@ def eval_infill_cmd(mode, model_dir, limit, workers, seed, out_dir, timeout, dev
 @click.option("-k", "k", type=click.IntRange(min=1), default=4, show_default=True,
               help="Retrieved chunks per task.")
 @click.option("--engine", "engines", multiple=True,
-              type=click.Choice(["none", "bm25", "hybrid", "repocoder", "knn", "bm25+knn"]),
+              type=click.Choice(["none", "bm25", "hybrid", "repocoder", "knn", "bm25+knn",
+                                 "none-no-cache", "bm25-no-cache"]),
               help="Also score the completion engine of `codeslm complete` (same model and index) "
                    "in this variant; repeatable. hybrid adds dense vectors to the index; knn builds "
-                   "the model's kNN datastore there.")
+                   "the model's kNN datastore there; -no-cache turns the n-gram cache off.")
 @_OUT_OPTION
 @_DEVICE_OPTION
 def eval_repo_cmd(path, model_dir, no_model, index_dir, n_tasks, seed, k, engines, out_dir, device):

@@ -4,6 +4,7 @@ Consecutive requests share most of their prompt (retrieved chunks, the start of 
 the decoder keeps the KV cache of its last call and prefills only the tokens after the longest
 shared prefix. A word fragment cut from the prompt is re-generated under a constraint (token
 healing), so a cursor in the middle of an identifier gets the tokens the model was trained on.
+A token n-gram cache (`codeslm.model.ngram_cache`) may be mixed into every step.
 But: it does not build prompts or decide where text ends (see `codeslm.complete.postprocess`).
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from codeslm.model.ngram_cache import NgramCache
 from codeslm.model.prompt import fim_template
 
 
@@ -125,11 +127,14 @@ class CachedDecoder:
         stop: Callable[[str], tuple[str, bool]],
         forced: str = "",
         line_deadline: float | None = None,
+        ngram: NgramCache | None = None,
     ) -> tuple[str, DecodeStats]:
         """Text after prompt `ids`, starting with `forced`, cut where `stop` says it ends.
 
         `stop` sees the text after `forced`. Once `time.perf_counter()` passes `line_deadline`,
-        generation ends at the next line end. Returns the text after `forced`.
+        generation ends at the next line end. `ngram`, whose history ends where the prompt's
+        text before the cursor does, is mixed into every step and extended by each new token.
+        Returns the text after `forced`.
         """
         stats = DecodeStats(prompt_tokens=len(ids))
         started = time.perf_counter()
@@ -140,6 +145,8 @@ class CachedDecoder:
         stats.stop_reason = "max_new_tokens"
         for _ in range(max_new_tokens):
             remaining = forced[len(text):] if len(text) < len(forced) else ""
+            if ngram is not None:
+                logits = ngram.mix(torch.log_softmax(logits, -1))
             if remaining:
                 allowed = self._allowed(remaining)
                 if not allowed.any():
@@ -152,6 +159,8 @@ class CachedDecoder:
                 stats.stop_reason = "end_of_text"
                 break
             new.append(token)
+            if ngram is not None:
+                ngram.append(token)
             text = self.tokenizer.decode(new, skip_special_tokens=False)
             if len(text) >= len(forced):
                 body, done = stop(text[len(forced):])

@@ -2,7 +2,8 @@
 
 `CompletionEngine.complete` windows the text around the cursor in tokens, queries the index with
 the last lines of the prefix (never the cursor's own chunk or anything after it), builds the
-repository-level FIM prompt, decodes with stop rules and a time budget, and trims the result.
+repository-level FIM prompt, decodes with stop rules and a time budget (mixing in a token n-gram
+cache over the whole file and the retrieved chunks), and trims the result.
 A keystroke cache answers requests that only typed the start of the last suggestion.
 But: it does not build indexes (see `codeslm.index`) or train models (see `codeslm.train`).
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from codeslm.complete.decode import CachedDecoder
 from codeslm.complete.postprocess import StopRule, trim_suffix_overlap, word_fragment
 from codeslm.errors import CodeslmError, IndexFormatError, ModelError
+from codeslm.model.ngram_cache import NgramCache
 
 MODES = ("bm25", "hybrid")
 
@@ -38,6 +40,7 @@ class CompletionSettings:
     max_new_tokens: int | None = None  # None: 48 for a line, 160 for a block
     line_budget_ms: float | None = 250.0  # after this, finish the current line and stop
     knn_lambda: float = 0.0
+    ngram_cache: bool = True  # mix in what followed the last tokens in the file and chunks
     cache_size: int = 64  # keystroke cache entries
 
     def new_tokens(self) -> int:
@@ -283,13 +286,19 @@ class CompletionEngine:
         budget = prompt_budget(self.model, settings.max_prompt_tokens, settings.new_tokens())
         prompt = build_prompt(self.tokenizer, prefix, suffix, context, self.repo_name, max_tokens=budget)
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ngram = None
+        if settings.ngram_cache:
+            # The whole file, not just the window: the cache costs no positions.
+            before = request.prefix[: len(request.prefix) - len(fragment)]
+            ngram = NgramCache.for_text(self.tokenizer, before, request.suffix,
+                                        [text for _, text in context])
         prompt_ms = (time.perf_counter() - t) * 1000
         deadline = None
         if settings.line_budget_ms is not None:
             deadline = time.perf_counter() + settings.line_budget_ms / 1000
         text, stats = self.decoder.generate(
             ids, max_new_tokens=settings.new_tokens(), stop=rule.apply, forced=fragment,
-            line_deadline=deadline,
+            line_deadline=deadline, ngram=ngram,
         )
         return text, stats, prompt_ms
 
