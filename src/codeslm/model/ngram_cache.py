@@ -10,9 +10,10 @@ not just the window the model's positions allow. This is a continuous cache (Gra
 arXiv:1612.04426) keyed by exact n-grams instead of hidden states.
 
 `LAMBDAS` were fitted by maximum likelihood on 200 held-out lines of `click` (a package of the
-corpus's validation split, not one of the proof projects) with the shipped model
-(`python eval/retrieval_use.py --fit-cache PATH_TO_CLICK`). A much stronger model than the shipped
-one needs smaller weights; the engine's `ngram_cache` setting turns the cache off.
+corpus's validation split, not one of the proof projects) with the shipped model:
+`python eval/retrieval_use.py --fit-cache --tasks 200 SITE_PACKAGES/click`. A much stronger
+model than the shipped one needs smaller weights; the engine's `ngram_cache` setting turns the
+cache off.
 But: it does not decode (see `codeslm.complete.decode`).
 """
 
@@ -26,7 +27,7 @@ import torch
 
 MAX_N = 12
 # λ_n for a longest match of n tokens (index n; no match: no mixing).
-LAMBDAS = (0.0, 0.30, 0.46, 0.43, 0.47, 0.59, 0.60, 0.60, 0.68, 0.47, 0.52, 0.84, 0.85)
+LAMBDAS = (0.0, 0.32, 0.50, 0.46, 0.49, 0.57, 0.62, 0.62, 0.71, 0.54, 0.56, 0.81, 0.85)
 _GAP = -1  # between segments, so no match spans two of them
 
 
