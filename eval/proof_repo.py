@@ -20,9 +20,11 @@ import tarfile
 import time
 from pathlib import Path
 
+from codeslm.eval.runs import ENGINE_VARIANTS
+
 REPO = Path(__file__).resolve().parent.parent
 PROJECTS = ["boltons==26.2.0", "toolz==1.2.0", "marshmallow==4.4.0"]
-ENGINES = ("none", "bm25", "hybrid", "repocoder", "knn", "bm25+knn", "none-no-cache", "bm25-no-cache")
+ENGINES = tuple(ENGINE_VARIANTS)
 
 
 def fetch(spec: str, where: Path) -> Path:

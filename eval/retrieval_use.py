@@ -94,14 +94,12 @@ def main() -> None:
         index, _ = open_or_build_index(task.repo, None)
         retrieval = RetrievalCompleter(completer, index, k=args.k)
         bits = {name: [] for name in ("plain", "retrieved", "plain+cache", "retrieved+cache")}
-        n_bytes = 0
         for example in tqdm(task.examples(), desc=task.repo.name, unit="line"):
             target = example.reference + "\n"
-            n_bytes += len(target.encode("utf-8"))
+            line_bytes = len(target.encode("utf-8"))
             with_context = replace(example, context=retrieval.context(example))
             for name, ex in (("plain", example), ("retrieved", with_context)):
                 scores = line_scores(completer.model, completer.tokenizer, completer.prompt(ex), ex, target)
-                line_bytes = len(target.encode("utf-8"))
                 bits[name].append(mixed_bits(*scores, (0.0,)) / line_bytes)
                 bits[name + "+cache"].append(mixed_bits(*scores, LAMBDAS) / line_bytes)
                 if name == "retrieved":

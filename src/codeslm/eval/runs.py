@@ -150,12 +150,12 @@ def open_or_build_index(repo: Path, index_dir: str | Path | None, dense: bool = 
 ENGINE_VARIANTS = {
     "none": {"retrieval": False},
     "bm25": {},
-    "none-no-cache": {"retrieval": False, "ngram_cache": False},
-    "bm25-no-cache": {"ngram_cache": False},
     "hybrid": {"mode": "hybrid"},
     "repocoder": {"repocoder": True},
     "knn": {"retrieval": False, "knn_lambda": 0.25},
     "bm25+knn": {"knn_lambda": 0.25},
+    "none-no-cache": {"retrieval": False, "ngram_cache": False},
+    "bm25-no-cache": {"ngram_cache": False},
 }
 
 

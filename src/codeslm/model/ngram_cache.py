@@ -57,13 +57,9 @@ class NgramCache:
         At most `max_chars` of each side nearest the cursor are read, so a huge file costs a
         bounded time per request. Special tokens never come from the cache.
         """
-        encode = tokenizer.backend_tokenizer.encode_batch
         texts = [after[:max_chars], *chunks, before[-max_chars:]]
-        ids = [e.ids for e in encode(texts, add_special_tokens=False)]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         return cls(ids[:-1], ids[-1], skip_ids=tokenizer.all_special_ids)
-
-    def __len__(self) -> int:
-        return self._len
 
     def append(self, token: int) -> None:
         """Extend the history by one (generated) token."""
