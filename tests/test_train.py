@@ -114,6 +114,27 @@ def test_rows_put_unmasked_files_after_masked_context(corpus_dir):
         assert mask[n_context:].all()
 
 
+def test_copy_rows_repeat_a_span_of_the_text_that_follows_as_masked_context(corpus_dir):
+    corpus = Corpus.open(corpus_dir)
+    tokenizer = corpus.load_tokenizer()
+    stream = TrainingStream(corpus.splits["train"], tokenizer, StreamSettings(128, 0.5, 0.5, 0.0, 0, copy_rate=1.0))
+    header = stream.blank_header.tolist()
+    special = set(tokenizer.all_special_ids)
+    copied = 0
+    for _ in range(30):
+        row, mask = stream.next_row()
+        assert len(row) == len(mask) == 129
+        n_context = int(np.argmax(mask))
+        assert row[: len(header)].tolist() == header and not mask[:n_context].any() and mask[n_context:].all()
+        span = row[len(header) : n_context].tolist()
+        assert not special & set(span)  # a context block never holds a sentinel
+        rest = row[n_context:].tolist()
+        if len(span) >= 8:
+            copied += 1
+            assert any(rest[i : i + len(span)] == span for i in range(len(rest) - len(span) + 1))
+    assert copied >= 15
+
+
 def test_plain_rows_pack_whole_documents_in_order(corpus_dir):
     corpus = Corpus.open(corpus_dir)
     tokenizer = corpus.load_tokenizer()

@@ -248,6 +248,7 @@ def train(
             settings.retrieval_rate,
             settings.seed,
             settings.fim_line_rate,
+            settings.copy_rate,
         ),
         contexts,
         paths,

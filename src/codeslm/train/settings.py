@@ -32,6 +32,8 @@ class TrainSettings:
     # Share of FIM examples whose middle ends at a line end (an editor's cursor), not anywhere.
     fim_line_rate: float = 0.0
     retrieval_rate: float = 0.25
+    # Share of the other rows that start with a span of their own text as context (copying).
+    copy_rate: float = 0.0
     retrieval_pool: int = 4000
     retrieval_k: int = 4
     retrieval_context_tokens: int = 256
@@ -108,7 +110,8 @@ class TrainSettings:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
-        for name in ("fim_rate", "spm_rate", "fim_line_rate", "retrieval_rate", "min_lr_ratio"):
+        for name in ("fim_rate", "spm_rate", "fim_line_rate", "retrieval_rate", "copy_rate",
+                     "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be between 0 and 1")
         if self.lr <= 0:

@@ -3,7 +3,10 @@
 A plain row is cut from a stream of document windows (each window of a shuffled epoch, with FIM at
 `fim_rate`, SPM at `spm_rate` of those and cut at line ends at `fim_line_rate`) packed back to
 back. A retrieval row starts with a file's retrieved context (no loss), then that file (FIM, or
-`<file_sep>PATH\\n` and its text), then packed windows fill the rest. Everything is drawn from one
+`<file_sep>PATH\\n` and its text), then packed windows fill the rest. A copy row (at `copy_rate`)
+starts with a block holding a span of the very text that follows it, so the model learns to copy
+from its context: without such rows a model this small, trained on this few tokens, forms no
+induction heads and ignores what its prompt and retrieved chunks hold. Everything is drawn from one
 seeded generator, and `state()` / `restore()` capture the exact position, so a resumed run sees
 the same rows.
 But: it does not retrieve (see `codeslm.train.retrieval_examples`) or train.
@@ -31,6 +34,11 @@ class StreamSettings:
     retrieval_rate: float
     seed: int
     fim_line_rate: float = 0.0
+    copy_rate: float = 0.0
+
+
+# Length range of the span a copy row repeats from the text after it.
+COPY_SPAN = (16, 128)
 
 
 class TrainingStream:
@@ -49,20 +57,20 @@ class TrainingStream:
         self.contexts = contexts if contexts is not None and len(contexts) else None
         self.eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.fim_ids = FimIds.from_tokenizer(tokenizer)
+        self.special = np.array(sorted(tokenizer.all_special_ids), dtype=np.int64)
+        self.vocab = np.setdiff1d(np.arange(len(tokenizer), dtype=np.int64), self.special)
         self.row_of_doc = {int(d): i for i, d in enumerate(split.docs[:, 0])}
         self.headers: dict[int, np.ndarray] = {}
+        from codeslm.model.prompt import fim_template
+
+        template = fim_template(tokenizer)
+
+        def encode(path: str) -> np.ndarray:
+            text = template.block(path, "")
+            return np.array(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+        self.blank_header = encode("")
         if self.contexts is not None:
-            from codeslm.model.prompt import fim_template
-
-            template = fim_template(tokenizer)
-
-            def encode(path: str) -> np.ndarray:
-                text = template.block(path, "")
-                return np.array(
-                    tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64
-                )
-
-            self.blank_header = encode("")
             for doc_id in self.contexts.doc_ids.tolist():
                 self.headers[doc_id] = encode((paths or {}).get(doc_id, ""))
         self.rng = np.random.default_rng(settings.seed)
@@ -152,6 +160,32 @@ class TrainingStream:
         )
         return row, mask
 
+    # Copy rows ----------------------------------------------------------------------------
+
+    def _copy_row(self, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """An unnamed context block holding a span of the packed text after it (no loss on it)."""
+        lo, hi = COPY_SPAN
+        span = int(self.rng.integers(lo, max(lo, min(hi, width // 4)) + 1))
+        span = min(span, (width - len(self.blank_header)) // 2)
+        rest, rest_mask = self._take_plain(width - len(self.blank_header) - span)
+        start = int(self.rng.integers(0, len(rest) - span + 1))
+        copied = rest[start : start + span]
+        special = np.flatnonzero(np.isin(copied, self.special))
+        if len(special):  # never a sentinel or end of text inside a context block
+            copied = copied[: special[0]]
+        if self.rng.random() < 0.5:
+            # Half the spans are random tokens written over the text: nothing but the block
+            # predicts them, which is what makes a small model form induction heads.
+            copied = self.rng.choice(self.vocab, size=len(copied))
+            rest = rest.copy()
+            rest[start : start + len(copied)] = copied
+        head = np.concatenate([self.blank_header, copied])
+        # The plain text fills the room the cut sentinel left, so rows keep their width.
+        more, more_mask = self._take_plain(width - len(head) - len(rest))
+        row = np.concatenate([head, rest, more])
+        mask = np.concatenate([np.zeros(len(head), dtype=bool), rest_mask, more_mask])
+        return row, mask
+
     # Rows and batches ---------------------------------------------------------------------
 
     def next_row(self) -> tuple[np.ndarray, np.ndarray]:
@@ -161,6 +195,9 @@ class TrainingStream:
             row, mask = self._retrieval_part()
             rest, rest_mask = self._take_plain(width - len(row))
             return np.concatenate([row, rest]), np.concatenate([mask, rest_mask])
+        # No draw at rate 0, so runs without copy rows keep their exact data order.
+        if self.settings.copy_rate > 0 and self.rng.random() < self.settings.copy_rate:
+            return self._copy_row(width)
         return self._take_plain(width)
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
