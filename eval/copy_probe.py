@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from codeslm.errors import CodeslmError
     from codeslm.model.loading import load_model
 
     text = "\n".join(p.read_text(encoding="utf-8", errors="replace")
@@ -55,7 +56,10 @@ def main() -> None:
     print("| model | code, 1st copy | code, 2nd copy | random tokens, 1st | random tokens, 2nd |")
     print("|---|---|---|---|---|")
     for name in args.models or [None]:
-        model, tokenizer = load_model(name, device="cpu")
+        try:
+            model, tokenizer = load_model(name, device="cpu")
+        except CodeslmError as e:
+            raise SystemExit(str(e)) from e
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) < 2 * args.length:
             raise SystemExit(f"{args.code} holds too little code for {args.length}-token spans")

@@ -155,3 +155,12 @@ def test_bpb_cli_sets_the_model_beside_the_compressors(model_dir, tmp_path):
     assert scores["model"] < scores["xz -9"]  # it has learnt these very bytes
     missing = CliRunner().invoke(cli, ["eval", "bpb", str(model_dir), str(tmp_path / "nope")])
     assert missing.exit_code != 0
+
+
+def test_cli_engine_choices_are_the_engine_variants():
+    # The CLI lists the names itself so that `codeslm --help` does not import the harness.
+    from codeslm.eval.runs import ENGINE_VARIANTS
+
+    repo_cmd = cli.commands["eval"].commands["repo"]
+    engine = next(p for p in repo_cmd.params if p.name == "engines")
+    assert list(engine.type.choices) == list(ENGINE_VARIANTS)

@@ -37,8 +37,11 @@ class StreamSettings:
     copy_rate: float = 0.0
 
 
-# Length range of the span a copy row repeats from the text after it.
+# Length range of the span a copy row repeats from the text after it, and the share of those
+# spans that are random tokens written over that text: nothing but the block predicts them,
+# which is what makes a small model form induction heads.
 COPY_SPAN = (16, 128)
+COPY_RANDOM_SHARE = 0.5
 
 
 class TrainingStream:
@@ -173,9 +176,7 @@ class TrainingStream:
         special = np.flatnonzero(np.isin(copied, self.special))
         if len(special):  # never a sentinel or end of text inside a context block
             copied = copied[: special[0]]
-        if self.rng.random() < 0.5:
-            # Half the spans are random tokens written over the text: nothing but the block
-            # predicts them, which is what makes a small model form induction heads.
+        if self.rng.random() < COPY_RANDOM_SHARE:
             copied = self.rng.choice(self.vocab, size=len(copied))
             rest = rest.copy()
             rest[start : start + len(copied)] = copied
