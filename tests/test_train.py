@@ -114,13 +114,16 @@ def test_rows_put_unmasked_files_after_masked_context(corpus_dir):
         assert mask[n_context:].all()
 
 
-def test_copy_rows_repeat_a_span_of_the_text_that_follows_as_masked_context(corpus_dir):
+@pytest.mark.parametrize("random_share", [0.0, 0.5, 1.0])
+def test_copy_rows_repeat_a_span_of_the_text_that_follows_as_masked_context(corpus_dir, random_share):
     corpus = Corpus.open(corpus_dir)
     tokenizer = corpus.load_tokenizer()
-    stream = TrainingStream(corpus.splits["train"], tokenizer, StreamSettings(128, 0.5, 0.5, 0.0, 0, copy_rate=1.0))
+    settings = StreamSettings(128, 0.5, 0.5, 0.0, 0, copy_rate=1.0, copy_random_share=random_share)
+    stream = TrainingStream(corpus.splits["train"], tokenizer, settings)
     header = stream.blank_header.tolist()
     special = set(tokenizer.all_special_ids)
-    copied = 0
+    corpus_bytes = np.asarray(corpus.splits["train"].tokens, dtype=np.int64).tobytes()
+    copied, from_corpus = 0, 0
     for _ in range(30):
         row, mask = stream.next_row()
         assert len(row) == len(mask) == 129
@@ -132,7 +135,15 @@ def test_copy_rows_repeat_a_span_of_the_text_that_follows_as_masked_context(corp
         if len(span) >= 8:
             copied += 1
             assert any(rest[i : i + len(span)] == span for i in range(len(rest) - len(span) + 1))
+            from_corpus += np.asarray(span[:8], dtype=np.int64).tobytes() in corpus_bytes
     assert copied >= 15
+    # Real spans come from the corpus; random ones (written over the text) do not.
+    if random_share == 0.0:
+        assert from_corpus == copied
+    elif random_share == 1.0:
+        assert from_corpus == 0
+    else:
+        assert 0 < from_corpus < copied
 
 
 def test_plain_rows_pack_whole_documents_in_order(corpus_dir):

@@ -253,6 +253,8 @@ def tokenizer_train_cmd(corpus_dir, vocab_size, out_dir):
               help="Share of rows that start with retrieved context for a file.")
 @click.option("--copy-rate", type=float, default=None,
               help="Share of the other rows that start with a span of their own text (learns copying).")
+@click.option("--copy-random-share", type=float, default=None,
+              help="Share of copy rows whose span is random tokens (forms induction heads).")
 @click.option("--retrieval-pool", type=int, default=None,
               help="Training files to precompute retrieved context for.")
 @click.option("--seed", type=int, default=None)
@@ -274,7 +276,7 @@ def tokenizer_train_cmd(corpus_dir, vocab_size, out_dir):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 def train_cmd(recipe, corpus, run_dir, size, d_model, n_layers, n_heads, n_kv_heads, d_ff, seq_len,
               batch_size, grad_accum, max_steps, lr, warmup_steps, fim_rate, spm_rate,
-              fim_line_rate, retrieval_rate, copy_rate, retrieval_pool, seed, init_from, device, threads, precision, compile_, eval_every,
+              fim_line_rate, retrieval_rate, copy_rate, copy_random_share, retrieval_pool, seed, init_from, device, threads, precision, compile_, eval_every,
               checkpoint_every, resume, until_step, export_latest, quiet):
     """Pretrain a model on a corpus (FIM + retrieval-augmented rows); resumable, exports HF format."""
     from codeslm.train.pretrain import export_latest_checkpoint, train
@@ -286,7 +288,7 @@ def train_cmd(recipe, corpus, run_dir, size, d_model, n_layers, n_heads, n_kv_he
         n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff, seq_len=seq_len, batch_size=batch_size,
         grad_accum=grad_accum, max_steps=max_steps, lr=lr, warmup_steps=warmup_steps,
         fim_rate=fim_rate, spm_rate=spm_rate, fim_line_rate=fim_line_rate,
-        retrieval_rate=retrieval_rate, copy_rate=copy_rate,
+        retrieval_rate=retrieval_rate, copy_rate=copy_rate, copy_random_share=copy_random_share,
         retrieval_pool=retrieval_pool, seed=seed, init_from=init_from, device=device, threads=threads,
         precision=precision,
         compile=compile_, eval_every=eval_every, checkpoint_every_s=checkpoint_every,

@@ -249,6 +249,7 @@ def train(
             settings.seed,
             settings.fim_line_rate,
             settings.copy_rate,
+            settings.copy_random_share,
         ),
         contexts,
         paths,

@@ -34,6 +34,8 @@ class TrainSettings:
     retrieval_rate: float = 0.25
     # Share of the other rows that start with a span of their own text as context (copying).
     copy_rate: float = 0.0
+    # Share of copy rows whose span is random tokens (what forms induction heads).
+    copy_random_share: float = 0.5
     retrieval_pool: int = 4000
     retrieval_k: int = 4
     retrieval_context_tokens: int = 256
@@ -111,7 +113,7 @@ class TrainSettings:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
         for name in ("fim_rate", "spm_rate", "fim_line_rate", "retrieval_rate", "copy_rate",
-                     "min_lr_ratio"):
+                     "copy_random_share", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be between 0 and 1")
         if self.lr <= 0:

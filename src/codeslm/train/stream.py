@@ -35,13 +35,13 @@ class StreamSettings:
     seed: int
     fim_line_rate: float = 0.0
     copy_rate: float = 0.0
+    # Share of copy rows whose span is random tokens written over the text: nothing but the
+    # block predicts them, which is what makes a small model form induction heads.
+    copy_random_share: float = 0.5
 
 
-# Length range of the span a copy row repeats from the text after it, and the share of those
-# spans that are random tokens written over that text: nothing but the block predicts them,
-# which is what makes a small model form induction heads.
+# Length range of the span a copy row repeats from the text after it.
 COPY_SPAN = (16, 128)
-COPY_RANDOM_SHARE = 0.5
 
 
 class TrainingStream:
@@ -176,7 +176,7 @@ class TrainingStream:
         special = np.flatnonzero(np.isin(copied, self.special))
         if len(special):  # never a sentinel or end of text inside a context block
             copied = copied[: special[0]]
-        if self.rng.random() < COPY_RANDOM_SHARE:
+        if self.rng.random() < self.settings.copy_random_share:
             copied = self.rng.choice(self.vocab, size=len(copied))
             rest = rest.copy()
             rest[start : start + len(copied)] = copied
