@@ -126,8 +126,8 @@ def test_default_checkpoint_loads_and_generates():
     assert completion and "<fim_" not in completion
 
 
-# The shipped checkpoint (3.6M parameters, 8.6M tokens seen, 2.34 validation bits per byte)
-# writes Python-shaped text (` self._...`) but not yet the right line; strict, so the marker
+# The shipped checkpoint (3.6M parameters, 126M tokens seen, 1.40 validation bits per byte)
+# writes Python-shaped text (` (x, y, z)`) but not yet the right line; strict, so the marker
 # must go once a better checkpoint completes it.
 @pytest.mark.xfail(strict=True, reason="the shipped checkpoint is undertrained")
 def test_default_checkpoint_completes_add():
