@@ -14,7 +14,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -241,16 +241,8 @@ def train(
     stream = TrainingStream(
         corpus.splits["train"],
         tokenizer,
-        StreamSettings(
-            settings.seq_len,
-            settings.fim_rate,
-            settings.spm_rate,
-            settings.retrieval_rate,
-            settings.seed,
-            settings.fim_line_rate,
-            settings.copy_rate,
-            settings.copy_random_share,
-        ),
+        # Every stream setting is a training setting of the same name.
+        StreamSettings(**{f.name: getattr(settings, f.name) for f in fields(StreamSettings)}),
         contexts,
         paths,
     )
