@@ -16,7 +16,7 @@ from codeslm.complete import (
     CompletionSettings,
     split_at_cursor,
 )
-from codeslm.complete.postprocess import StopRule, trim_suffix_overlap
+from codeslm.complete.postprocess import StopRule, trim_suffix_overlap, word_fragment
 from codeslm.errors import CodeslmError, ModelError
 
 CURSOR = ("main.py", 3, 11)  # after `    return` in run(), which only helpers.py can finish
@@ -227,6 +227,14 @@ def test_trims_what_the_suffix_already_has():
     assert trim_suffix_overlap("value", "e.strip()\n", False) == "value"  # not a whole token
     block = "a = 1\n    return a\n    b = 2"
     assert trim_suffix_overlap(block, "\n    return a\n", True) == "a = 1"
+
+
+def test_word_fragment_is_only_the_piece_right_before_the_cursor():
+    assert word_fragment("x = self.appe") == ".appe"
+    assert word_fragment("return frobn") == " frobn"
+    # A cursor at the start of a line has no fragment, whatever ended the line above.
+    assert word_fragment("self.attribute = attribute\n") == ""
+    assert word_fragment("name\n    ") == ""
 
 
 def test_split_at_cursor_columns_are_one_based():

@@ -170,7 +170,7 @@ def _net_depth(text: str) -> int:
 
 # The last word piece as byte-level BPE pre-tokenizers cut it: letters with one leading space
 # (after a non-space) or punctuation, as in " frobn", ".appe", "_va".
-_WORD_TAIL = re.compile(r"(?:(?<=\S) |[^A-Za-z0-9\s])?[A-Za-z]{1,32}$")
+_WORD_TAIL = re.compile(r"(?:(?<=\S) |[^A-Za-z0-9\s])?[A-Za-z]{1,32}\Z")
 
 
 def word_fragment(prefix: str) -> str:
