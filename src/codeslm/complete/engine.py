@@ -24,6 +24,7 @@ from codeslm.model.ngram_cache import NgramCache
 
 MODES = ("bm25", "hybrid")
 FILE_CACHE_SIZE = 64  # tokenized files kept for the n-gram cache across requests
+HIT_FILE_CHARS = 16_384  # of each hit's file, around the hit, that the n-gram cache reads
 
 
 @dataclass(frozen=True)
@@ -310,25 +311,40 @@ class CompletionEngine:
         )
         return text, stats, prompt_ms
 
-    def _hit_files(self, path: str, found: list[RetrievedChunk], max_chars: int = 65_536):
-        """Token ids of the other files that `found` comes from, best first, each tokenized once
-        per version (a file that cannot be read is passed over)."""
-        segments = []
-        for rel in dict.fromkeys(h.path for h in found if h.path != path):
-            file = self.repo_root / rel
+    def _hit_files(self, path: str, found: list[RetrievedChunk]) -> list[list[int]]:
+        """Token ids of the other files that `found` comes from, best first: up to
+        `HIT_FILE_CHARS` of each around its best chunk, tokenized once per file version and
+        window (a file that cannot be read is passed over)."""
+        wanted: dict[tuple, str] = {}
+        keys = []
+        best: dict[str, RetrievedChunk] = {}
+        for h in found:
+            if h.path != path:
+                best.setdefault(h.path, h)
+        for hit in best.values():
+            file = self.repo_root / hit.path
             try:
                 stat = file.stat()
-                key = (rel, stat.st_mtime_ns, stat.st_size)
-                if key not in self._file_ids:
-                    text = file.read_text(encoding="utf-8")[:max_chars]
-                    self._file_ids[key] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                text = file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 continue
+            begin = 0
+            if len(text) > HIT_FILE_CHARS:
+                at = sum(map(len, text.splitlines(keepends=True)[: hit.start_line - 1]))
+                begin = max(0, min(at - HIT_FILE_CHARS // 2, len(text) - HIT_FILE_CHARS))
+                begin = text.rfind("\n", 0, begin) + 1
+            key = (hit.path, stat.st_mtime_ns, stat.st_size, begin)
+            keys.append(key)
+            if key not in self._file_ids:
+                wanted[key] = text[begin : begin + HIT_FILE_CHARS]
+        if wanted:  # one batch: the tokenizer spreads it over the cores
+            encoded = self.tokenizer(list(wanted.values()), add_special_tokens=False)["input_ids"]
+            self._file_ids.update(zip(wanted, encoded, strict=True))
+        for key in keys:
             self._file_ids.move_to_end(key)
-            segments.append(self._file_ids[key])
-        while len(self._file_ids) > FILE_CACHE_SIZE:
+        while len(self._file_ids) > max(FILE_CACHE_SIZE, len(keys)):
             self._file_ids.popitem(last=False)
-        return segments
+        return [self._file_ids[key] for key in keys]
 
     def _retrieve(self, request, prefix: str, suffix: str, settings, notes: list[str], draft: str):
         """The best chunks for the cursor: the first `k` go into the prompt, and the n-gram cache

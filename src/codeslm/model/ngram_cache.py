@@ -38,14 +38,14 @@ class NgramCache:
                  lambdas: Sequence[float] = LAMBDAS, skip_ids: Iterable[int] = ()):
         if len(lambdas) < 2 or any(not 0 <= lam < 1 for lam in lambdas):
             raise ValueError("lambdas must be weights in [0, 1), one per match length from 0")
-        parts = []
-        for segment in memory:
-            if len(segment):
-                parts += list(segment) + [_GAP]
-        parts += list(history)
-        self._ids = np.empty(max(len(parts) * 2, 256), dtype=np.int64)
-        self._ids[: len(parts)] = parts
-        self._len = len(parts)
+        gap = np.array([_GAP], dtype=np.int64)
+        parts = [piece for segment in memory if len(segment)
+                 for piece in (np.asarray(segment, dtype=np.int64), gap)]
+        parts.append(np.asarray(history, dtype=np.int64).reshape(-1))
+        ids = np.concatenate(parts)
+        self._ids = np.empty(max(len(ids) * 2, 256), dtype=np.int64)
+        self._ids[: len(ids)] = ids
+        self._len = len(ids)
         self.lambdas = tuple(lambdas)
         self.skip = np.array(sorted(set(skip_ids) | {_GAP}), dtype=np.int64)
 
