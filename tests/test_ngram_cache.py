@@ -73,35 +73,3 @@ def test_engine_copies_a_name_from_beyond_the_prompt_window(nano):
     without = CompletionEngine(model, tokenizer, None, CompletionSettings(
         retrieval=False, prefix_tokens=24, line_budget_ms=None, ngram_cache=False)).complete(request)
     assert "kerfuffle" not in without.text
-
-
-def test_engine_cache_reads_the_whole_file_of_a_retrieved_chunk(nano, tmp_path):
-    from codeslm.index import Index, build_index
-
-    model, tokenizer = nano
-    root = tmp_path / "repo"
-    root.mkdir()
-    (root / "helpers.py").write_text(
-        "def frobnicate_all(items):\n    # polish every item\n    for item in items:\n"
-        "        polish(item)\n\n\n"
-        "def zq_restore_state(engine_state):\n"
-        "    engine_state.rewind_to_checkpoint(zq_checkpoint_marker)\n"
-    )
-    (root / "main.py").write_text("x = 1\n")
-    build_index(root, tmp_path / "index", dense=False, progress=False)
-    index = Index.open(tmp_path / "index")
-    # The query matches the first function best; only helpers.py's other function knows the end.
-    prefix = ("# frobnicate_all polish every item in items, frobnicate_all polish items\n"
-              "def zq_restore_state(engine_state):\n    engine_state.")
-    request = CompletionRequest(prefix, "\n", "main.py")
-
-    def complete(cache_hits):
-        settings = CompletionSettings(k=1, cache_hits=cache_hits, line_budget_ms=None)
-        return CompletionEngine(model, tokenizer, index, settings).complete(request)
-
-    reads_file = complete(cache_hits=1)
-    assert [c.symbol for c in reads_file.retrieved] == ["frobnicate_all"]
-    assert "rewind_to_checkpoint" not in reads_file.retrieved[0].text
-    assert reads_file.text == "rewind_to_checkpoint(zq_checkpoint_marker)"
-    assert "zq_checkpoint_marker" not in complete(cache_hits=0).text
-    index.close()

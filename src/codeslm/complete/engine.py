@@ -3,8 +3,7 @@
 `CompletionEngine.complete` windows the text around the cursor in tokens, queries the index with
 the last lines of the prefix (never the cursor's own chunk or anything after it), builds the
 repository-level FIM prompt, decodes with stop rules and a time budget (mixing in a token n-gram
-cache over the whole file, the retrieved chunks and the files they come from), and trims the
-result.
+cache over the whole file and the retrieved chunks), and trims the result.
 A keystroke cache answers requests that only typed the start of the last suggestion.
 But: it does not build indexes (see `codeslm.index`) or train models (see `codeslm.train`).
 """
@@ -23,8 +22,6 @@ from codeslm.errors import CodeslmError, IndexFormatError, ModelError
 from codeslm.model.ngram_cache import NgramCache
 
 MODES = ("bm25", "hybrid")
-FILE_CACHE_SIZE = 64  # tokenized files kept for the n-gram cache across requests
-HIT_FILE_CHARS = 16_384  # of each hit's file, around the hit, that the n-gram cache reads
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,6 @@ class CompletionSettings:
     line_budget_ms: float | None = 250.0  # after this, finish the current line and stop
     knn_lambda: float = 0.0
     ngram_cache: bool = True  # mix in what followed the last tokens in the file and chunks
-    cache_hits: int = 8  # the n-gram cache also reads the whole files of this many best hits
     cache_size: int = 64  # keystroke cache entries
 
     def new_tokens(self) -> int:
@@ -146,7 +142,6 @@ class CompletionEngine:
         self.repo_name = self.repo_root.name if self.repo_root is not None else None
         self.decoder = CachedDecoder(model, tokenizer, knn, settings.knn_lambda)
         self._recent: OrderedDict[int, _Remembered] = OrderedDict()
-        self._file_ids: OrderedDict[tuple, list[int]] = OrderedDict()  # tokenized repository files
         self._n = 0
 
     @classmethod
@@ -249,21 +244,19 @@ class CompletionEngine:
             # Like retrieval, the datastore never shows this file from the cursor on.
             self.knn.exclude_after(request.path, request.prefix.count("\n") + 1)
         t = time.perf_counter()
-        found = self._retrieve(request, prefix + fragment, suffix, settings, notes, draft="")
-        hits = found[: settings.k]
+        hits = self._retrieve(request, prefix + fragment, suffix, settings, notes, draft="")
         timings = {"retrieval": (time.perf_counter() - t) * 1000}
 
-        text, stats, prompt_ms = self._generate(request, prefix, suffix, fragment, hits, found, rule, settings)
+        text, stats, prompt_ms = self._generate(request, prefix, suffix, fragment, hits, rule, settings)
         # "prompt" covers the cursor window and the prompt itself.
         timings.update(prompt=window_ms + prompt_ms, prefill=stats.prefill_s * 1000,
                        decode=stats.decode_s * 1000)
 
         if settings.repocoder and self.index is not None and settings.retrieval and text.strip():
             t = time.perf_counter()
-            found = self._retrieve(request, prefix + fragment, suffix, settings, notes, draft=text)
-            hits = found[: settings.k]
+            hits = self._retrieve(request, prefix + fragment, suffix, settings, notes, draft=text)
             timings["retrieval"] += (time.perf_counter() - t) * 1000
-            text, stats, prompt_ms = self._generate(request, prefix, suffix, fragment, hits, found, rule, settings)
+            text, stats, prompt_ms = self._generate(request, prefix, suffix, fragment, hits, rule, settings)
             timings["prompt"] += prompt_ms
             timings["prefill"] += stats.prefill_s * 1000
             timings["decode"] += stats.decode_s * 1000
@@ -283,8 +276,7 @@ class CompletionEngine:
             notes=notes,
         )
 
-    def _generate(self, request, prefix, suffix, fragment, hits, found, rule, settings):
-        """Decode after the prompt of `hits`; the n-gram cache also reads the files of `found`."""
+    def _generate(self, request, prefix, suffix, fragment, hits, rule, settings):
         from codeslm.model.prompt import build_prompt, prompt_budget
 
         t = time.perf_counter()
@@ -299,8 +291,7 @@ class CompletionEngine:
             # The whole file, not just the window: the cache costs no positions.
             before = request.prefix[: len(request.prefix) - len(fragment)]
             ngram = NgramCache.for_text(self.tokenizer, before, request.suffix,
-                                        [text for _, text in context],
-                                        segments=self._hit_files(request.path, found[: settings.cache_hits]))
+                                        [text for _, text in context])
         prompt_ms = (time.perf_counter() - t) * 1000
         deadline = None
         if settings.line_budget_ms is not None:
@@ -311,47 +302,9 @@ class CompletionEngine:
         )
         return text, stats, prompt_ms
 
-    def _hit_files(self, path: str, found: list[RetrievedChunk]) -> list[list[int]]:
-        """Token ids of the other files that `found` comes from, best first: up to
-        `HIT_FILE_CHARS` of each around its best chunk, tokenized once per file version and
-        window (a file that cannot be read is passed over)."""
-        wanted: dict[tuple, str] = {}
-        keys = []
-        best: dict[str, RetrievedChunk] = {}
-        for h in found:
-            if h.path != path:
-                best.setdefault(h.path, h)
-        for hit in best.values():
-            file = self.repo_root / hit.path
-            try:
-                stat = file.stat()
-                text = file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            begin = 0
-            if len(text) > HIT_FILE_CHARS:
-                at = sum(map(len, text.splitlines(keepends=True)[: hit.start_line - 1]))
-                begin = max(0, min(at - HIT_FILE_CHARS // 2, len(text) - HIT_FILE_CHARS))
-                begin = text.rfind("\n", 0, begin) + 1
-            key = (hit.path, stat.st_mtime_ns, stat.st_size, begin)
-            keys.append(key)
-            if key not in self._file_ids:
-                wanted[key] = text[begin : begin + HIT_FILE_CHARS]
-        if wanted:  # one batch: the tokenizer spreads it over the cores
-            encoded = self.tokenizer(list(wanted.values()), add_special_tokens=False)["input_ids"]
-            self._file_ids.update(zip(wanted, encoded, strict=True))
-        for key in keys:
-            self._file_ids.move_to_end(key)
-        while len(self._file_ids) > max(FILE_CACHE_SIZE, len(keys)):
-            self._file_ids.popitem(last=False)
-        return [self._file_ids[key] for key in keys]
-
     def _retrieve(self, request, prefix: str, suffix: str, settings, notes: list[str], draft: str):
-        """The best chunks for the cursor: the first `k` go into the prompt, and the n-gram cache
-        reads the files of the first `cache_hits`."""
         if not settings.retrieval or self.index is None:
             return []
-        wanted = max(settings.k, settings.cache_hits if settings.ngram_cache else 0)
         lines = prefix.split("\n")
         query = "\n".join(lines[-settings.query_lines:])
         # The first draft stands in for the suffix's first line in the second round.
@@ -369,7 +322,7 @@ class CompletionEngine:
                          "left it out of retrieval; re-run `codeslm index`")
         try:
             found = self.index.search_code(
-                query, k=wanted + 4, exclude=(request.path, cursor_line) if request.path else None,
+                query, k=settings.k + 4, exclude=(request.path, cursor_line) if request.path else None,
                 exclude_files=exclude_files, mode=settings.mode,
             )
         except IndexFormatError as e:
@@ -383,7 +336,7 @@ class CompletionEngine:
             for h in found
             if not (h.chunk.path == request.path and h.chunk.end_line >= window_start)
         ]
-        return hits[:wanted]
+        return hits[: settings.k]
 
     def _stale(self, path: str, prefix: str, cursor_line: int) -> bool:
         """Whether the indexed chunks of `path` above the cursor differ from the text before it.

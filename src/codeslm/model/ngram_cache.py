@@ -1,8 +1,8 @@
 """Token n-gram cache: what followed earlier occurrences of the text just written, mixed into the
 model's next-token distribution so a small model copies what its file and retrieved chunks hold.
 
-The cache holds token segments: the text after the cursor, retrieved chunks (and, in the engine,
-the whole files they come from), and last the text before the cursor, which grows with every generated token. At each step it finds the longest
+The cache holds token segments: the text after the cursor, retrieved chunks, and last the text
+before the cursor, which grows with every generated token. At each step it finds the longest
 `n <= MAX_N` such that the last `n` tokens of that history occur earlier in some segment, and
 `p_cache` is the share of each token that followed those occurrences. The model then predicts
 `λ_n·p_cache + (1-λ_n)·p_LM`, trusting the cache more the longer the match. It sees whole files,
@@ -50,17 +50,16 @@ class NgramCache:
         self.skip = np.array(sorted(set(skip_ids) | {_GAP}), dtype=np.int64)
 
     @classmethod
-    def for_text(cls, tokenizer, before: str, after: str = "", chunks: Iterable[str] = (),
-                 max_chars: int = 65_536, segments: Iterable[Sequence[int]] = ()) -> NgramCache:
-        """A cache over the text `before` the cursor (the history), `after` it, `chunks`, and
-        `segments` of text already tokenized (whole files, say).
+    def for_text(cls, tokenizer, before: str, after: str = "",
+                 chunks: Iterable[str] = (), max_chars: int = 65_536) -> NgramCache:
+        """A cache over the text `before` the cursor (the history), `after` it and `chunks`.
 
         At most `max_chars` of each side nearest the cursor are read, so a huge file costs a
         bounded time per request. Special tokens never come from the cache.
         """
         texts = [after[:max_chars], *chunks, before[-max_chars:]]
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return cls([*segments, *ids[:-1]], ids[-1], skip_ids=tokenizer.all_special_ids)
+        return cls(ids[:-1], ids[-1], skip_ids=tokenizer.all_special_ids)
 
     def append(self, token: int) -> None:
         """Extend the history by one (generated) token."""
