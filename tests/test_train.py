@@ -274,7 +274,8 @@ def test_train_command_runs_resumes_and_exports(corpus_dir, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--corpus", str(corpus_dir), "--run-dir", str(run), "--size", "nano",
             "--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--retrieval-rate", "0",
-            "--precision", "fp32", "-q"]
+            "--precision", "fp32", "--no-compile", "--checkpoint-every", "60",
+            "--copy-random-share", "0.25", "-q"]
     runner = CliRunner()
     stopped = runner.invoke(cli, [*args, "--until-step", "2"])
     assert stopped.exit_code == 0, stopped.output
@@ -284,6 +285,9 @@ def test_train_command_runs_resumes_and_exports(corpus_dir, tmp_path):
     done = runner.invoke(cli, [*args, "--resume"])
     assert done.exit_code == 0, done.output
     assert "exported" in done.output
+    recorded = json.loads((run / "export" / "training.json").read_text())["settings"]
+    assert recorded["compile"] is False and recorded["checkpoint_every_s"] == 60.0
+    assert recorded["copy_random_share"] == 0.25 and recorded["seq_len"] == 64
     exported = runner.invoke(cli, [*args, "--export-latest", str(tmp_path / "latest")])
     assert exported.exit_code == 0 and (tmp_path / "latest" / "model.safetensors").is_file()
     assert export_latest_checkpoint(run, tmp_path / "again").is_dir()

@@ -265,34 +265,24 @@ def tokenizer_train_cmd(corpus_dir, vocab_size, out_dir):
               help="CPU threads (0: torch's default; 1 is fastest on a busy machine).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
               help="auto: bf16 autocast on CUDA and AMX CPUs, else fp32.")
-@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
+@click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the model.")
 @click.option("--eval-every", type=int, default=None, help="Steps between validation passes.")
-@click.option("--checkpoint-every", type=float, default=None, help="Seconds between checkpoints.")
+@click.option("--checkpoint-every", "checkpoint_every_s", type=float, default=None,
+              help="Seconds between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its checkpoint.")
 @click.option("--until-step", type=int, default=None,
               help="Stop after this step with a checkpoint (resume later with --resume).")
 @click.option("--export-latest", type=click.Path(path_type=Path), default=None,
               help="Do not train: export the run's latest checkpoint to this directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
-def train_cmd(recipe, corpus, run_dir, size, d_model, n_layers, n_heads, n_kv_heads, d_ff, seq_len,
-              batch_size, grad_accum, max_steps, lr, warmup_steps, fim_rate, spm_rate,
-              fim_line_rate, retrieval_rate, copy_rate, copy_random_share, retrieval_pool, seed, init_from, device, threads, precision, compile_, eval_every,
-              checkpoint_every, resume, until_step, export_latest, quiet):
+def train_cmd(recipe, resume, until_step, export_latest, quiet, **overrides):
     """Pretrain a model on a corpus (FIM + retrieval-augmented rows); resumable, exports HF format."""
     from codeslm.train.pretrain import export_latest_checkpoint, train
     from codeslm.train.settings import TrainSettings, load_recipe
 
+    # Every other option is the training setting of its name; options given override the recipe.
     settings = load_recipe(recipe) if recipe else TrainSettings()
-    settings = settings.with_overrides(
-        corpus=corpus, run_dir=run_dir, size=size, d_model=d_model, n_layers=n_layers,
-        n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff, seq_len=seq_len, batch_size=batch_size,
-        grad_accum=grad_accum, max_steps=max_steps, lr=lr, warmup_steps=warmup_steps,
-        fim_rate=fim_rate, spm_rate=spm_rate, fim_line_rate=fim_line_rate,
-        retrieval_rate=retrieval_rate, copy_rate=copy_rate, copy_random_share=copy_random_share,
-        retrieval_pool=retrieval_pool, seed=seed, init_from=init_from, device=device, threads=threads,
-        precision=precision,
-        compile=compile_, eval_every=eval_every, checkpoint_every_s=checkpoint_every,
-    )
+    settings = settings.with_overrides(**overrides)
     if export_latest:
         out = export_latest_checkpoint(settings.run_dir, export_latest)
         click.echo(f"exported the latest checkpoint of {settings.run_dir} to {out}")
