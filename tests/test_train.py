@@ -114,6 +114,36 @@ def test_rows_put_unmasked_files_after_masked_context(corpus_dir):
         assert mask[n_context:].all()
 
 
+def test_window_queries_put_the_window_they_retrieved_for_in_the_row(corpus_dir):
+    corpus = Corpus.open(corpus_dir)
+    tokenizer = corpus.load_tokenizer()
+    contexts = build_retrieval_contexts(
+        corpus, tokenizer, pool=1000, k=2, context_tokens=32, seed=0, progress=False, window_tokens=24
+    )
+    assert contexts.starts is not None and len(contexts.starts) == len(contexts)
+    assert (contexts.starts > 0).any()  # windows start inside files, not only at their tops
+    split = corpus.splits["train"]
+    spans = {int(d): (int(a), int(b)) for d, a, b in split.docs.tolist()}
+    paths = {i: d.path for i, d in corpus.documents().items()}
+    stream = TrainingStream(split, tokenizer, StreamSettings(64, 0.0, 0.5, 1.0, 0), contexts, paths)
+    assert len(contexts) >= 10
+    shown_from_start = 0
+    for _ in range(len(contexts)):
+        i = int(stream._r_order[stream.r_pos])
+        row, mask = stream.next_row()
+        lo, hi = spans[int(contexts.doc_ids[i])]
+        body = row[int(np.argmax(mask)):]
+        window = np.asarray(split.tokens[lo : hi], dtype=np.int64)[int(contexts.starts[i]) :][:16]
+        shown = body.tolist()
+        # After the file header, the file's tokens run from its window's start, or as near it as
+        # the row's room allows when the window ends the file.
+        if any(shown[j : j + len(window)] == window.tolist() for j in range(len(shown))):
+            shown_from_start += 1
+        else:
+            assert hi - lo - int(contexts.starts[i]) < 40
+    assert shown_from_start >= len(contexts) // 2
+
+
 @pytest.mark.parametrize("random_share", [0.0, 0.5, 1.0])
 def test_copy_rows_repeat_a_span_of_the_text_that_follows_as_masked_context(corpus_dir, random_share):
     corpus = Corpus.open(corpus_dir)
@@ -218,6 +248,8 @@ def test_bad_corpora_are_refused(corpus_dir, tmp_path):
 def test_bad_settings_and_runs_are_refused(corpus_dir, tmp_path):
     with pytest.raises(TrainingError, match="fim_rate"):
         train(small(corpus_dir, tmp_path / "a", fim_rate=2.0), progress=False)
+    with pytest.raises(TrainingError, match="retrieval_query must be file or window"):
+        train(small(corpus_dir, tmp_path / "a", retrieval_query="chunk"), progress=False)
     with pytest.raises(TrainingError, match="unknown training setting"):
         TrainSettings().with_overrides(learning_rate=1.0)
     (tmp_path / "recipe.json").write_text("{not json")

@@ -257,6 +257,8 @@ def tokenizer_train_cmd(corpus_dir, vocab_size, out_dir):
               help="Share of copy rows whose span is random tokens (forms induction heads).")
 @click.option("--retrieval-pool", type=int, default=None,
               help="Training files to precompute retrieved context for.")
+@click.option("--retrieval-query", type=click.Choice(["file", "window"]), default=None,
+              help="Retrieve a file's context for the whole file or for the window a row shows.")
 @click.option("--seed", type=int, default=None)
 @click.option("--init-from", default=None,
               help="Start from this exported model's weights (same shape and tokenizer).")

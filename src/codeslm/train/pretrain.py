@@ -236,6 +236,11 @@ def train(
             settings.retrieval_context_tokens,
             settings.seed,
             progress,
+            window_tokens=(
+                settings.seq_len - settings.retrieval_context_tokens
+                if settings.retrieval_query == "window"
+                else None
+            ),
         )
     paths = {i: d.path for i, d in corpus.documents().items()} if contexts is not None else None
     stream = TrainingStream(

@@ -2,7 +2,9 @@
 
 Files are grouped by package (large packages by package and directory); each group is chunked
 with tree-sitter once, indexed with BM25 over split identifiers, and every file in it is used as
-a code-to-code query with its own chunks masked out. The best chunks that fit a token budget are
+a code-to-code query with its own chunks masked out: the whole file, or (`query="window"`) one
+window of it picked at random, which the training row then shows, so the chunks are the ones
+relevant to the text the model is asked to predict. The best chunks that fit a token budget are
 rendered with the model's `FimTemplate` (most relevant last) and stored as token ids, cached in
 the run directory. But: it does not place them in training rows (see `codeslm.train.stream`).
 """
@@ -31,6 +33,9 @@ class RetrievalContexts:
     doc_ids: np.ndarray  # (n,) int64 document ids
     offsets: np.ndarray  # (n + 1,) int64 into tokens
     tokens: np.ndarray  # (total,) int32
+    # (n,) int64 token offset in its document of the window each context was retrieved for;
+    # None when the whole file was the query.
+    starts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.doc_ids)
@@ -82,8 +87,12 @@ def build_retrieval_contexts(
     context_tokens: int,
     seed: int,
     progress: bool = True,
+    window_tokens: int | None = None,
 ) -> RetrievalContexts:
-    """Retrieved context for about `pool` training files: up to `k` chunks in `context_tokens`."""
+    """Retrieved context for about `pool` training files: up to `k` chunks in `context_tokens`.
+
+    With `window_tokens`, each file's query is a random window of that many of its tokens (the
+    offset is kept in `starts`); without, the whole file."""
     from tqdm.auto import tqdm
 
     from codeslm.chunking import chunk_text
@@ -99,8 +108,13 @@ def build_retrieval_contexts(
     wanted = {i for ids in groups.values() for i in ids}
     texts = corpus.texts(wanted)
     documents = corpus.documents()
+    train = corpus.splits["train"]
+    spans = {int(d): (int(a), int(b)) for d, a, b in train.docs.tolist()}
+    # Its own generator, so file queries draw exactly what they drew before windows existed.
+    window_rng = np.random.default_rng((seed, 7))
 
     doc_ids: list[int] = []
+    starts: list[int] = []
     contexts: list[list[int]] = []
     for name in tqdm(sorted(groups), desc="retrieval contexts", disable=not progress, unit="pkg"):
         ids = groups[name]
@@ -122,7 +136,15 @@ def build_retrieval_contexts(
         header = template.context_text((), package)
         header_cost = len(backend.encode(header, add_special_tokens=False).ids)
         for doc_id in ids:
-            query = code_tokens(texts[doc_id])[:MAX_QUERY_TOKENS]
+            start = -1
+            if window_tokens is None:
+                query_text = texts[doc_id]
+            else:
+                lo, hi = spans[doc_id]
+                start = int(window_rng.integers(0, max(hi - lo - window_tokens, 0) + 1))
+                window = np.asarray(train.tokens[lo + start : lo + start + window_tokens])
+                query_text = tokenizer.decode(window.tolist())
+            query = code_tokens(query_text)[:MAX_QUERY_TOKENS]
             rows, _ = bm25.search(query, k=4 * k, mask=owners_arr != doc_id)
             # Half the examples name the repository (its header counts against the budget).
             repo = package if rng.random() < 0.5 else None
@@ -143,12 +165,14 @@ def build_retrieval_contexts(
                 pairs = pairs[1:]
                 context_ids = tokenizer(template.context_text(pairs, repo), add_special_tokens=False)["input_ids"]
             doc_ids.append(doc_id)
+            starts.append(start)
             contexts.append(context_ids)
 
     offsets = np.zeros(len(contexts) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(c) for c in contexts])
     flat = np.fromiter((t for c in contexts for t in c), dtype=np.int32, count=int(offsets[-1]))
-    return RetrievalContexts(np.array(doc_ids, dtype=np.int64), offsets, flat)
+    windows = np.array(starts, dtype=np.int64) if window_tokens is not None else None
+    return RetrievalContexts(np.array(doc_ids, dtype=np.int64), offsets, flat, windows)
 
 
 def cached_retrieval_contexts(
@@ -160,10 +184,10 @@ def cached_retrieval_contexts(
     context_tokens: int,
     seed: int,
     progress: bool = True,
+    window_tokens: int | None = None,
 ) -> RetrievalContexts:
     """`build_retrieval_contexts`, computed once per corpus and settings and kept in `cache_dir`."""
-    key = json.dumps(
-        {
+    identity = {
             "version": 2,
             "manifest": hashlib.sha256((corpus.root / "manifest.json").read_bytes()).hexdigest(),
             "tokenizer": corpus.tokenizer_fingerprint(),
@@ -172,18 +196,22 @@ def cached_retrieval_contexts(
             "context_tokens": context_tokens,
             "seed": seed,
             "max_group_files": MAX_GROUP_FILES,
-        },
-        sort_keys=True,
-    )
+        }
+    if window_tokens is not None:  # file-query caches keep their key
+        identity["window_tokens"] = window_tokens
+    key = json.dumps(identity, sort_keys=True)
     path = cache_dir / CACHE_NAME
     if path.is_file():
         try:
             with np.load(path) as data:
                 if str(data["key"]) == key:
-                    return RetrievalContexts(data["doc_ids"], data["offsets"], data["tokens"])
+                    starts = data["starts"] if "starts" in data.files else None
+                    return RetrievalContexts(data["doc_ids"], data["offsets"], data["tokens"], starts)
         except (OSError, ValueError, KeyError):
             pass  # an unreadable cache is rebuilt below
-    contexts = build_retrieval_contexts(corpus, tokenizer, pool, k, context_tokens, seed, progress)
+    contexts = build_retrieval_contexts(
+        corpus, tokenizer, pool, k, context_tokens, seed, progress, window_tokens
+    )
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(
@@ -192,6 +220,7 @@ def cached_retrieval_contexts(
         doc_ids=contexts.doc_ids,
         offsets=contexts.offsets,
         tokens=contexts.tokens,
+        **({"starts": contexts.starts} if contexts.starts is not None else {}),
     )
     tmp.replace(path)
     return contexts

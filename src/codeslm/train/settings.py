@@ -39,6 +39,9 @@ class TrainSettings:
     retrieval_pool: int = 4000
     retrieval_k: int = 4
     retrieval_context_tokens: int = 256
+    # What a training file's chunks are retrieved for: the whole file ("file"), or the window of
+    # it that the row shows ("window"), as the engine retrieves for the text at the cursor.
+    retrieval_query: str = "file"
     # Optimisation.
     batch_size: int = 16
     grad_accum: int = 1
@@ -124,6 +127,8 @@ class TrainSettings:
             problems.append(
                 f"retrieval_context_tokens must be between 16 and seq_len/2 = {self.seq_len // 2}"
             )
+        if self.retrieval_query not in ("file", "window"):
+            problems.append("retrieval_query must be file or window")
         if self.precision not in ("auto", "fp32", "bf16"):
             problems.append("precision must be auto, fp32 or bf16")
         if problems:

@@ -147,6 +147,8 @@ class TrainingStream:
         room = space - 4 if fim else space - len(header) - 1
         n = min(end - start, room)
         offset = int(self.rng.integers(0, end - start - n + 1))
+        if self.contexts.starts is not None:  # the window the chunks were retrieved for
+            offset = min(int(self.contexts.starts[i]), end - start - n)
         tokens = np.asarray(self.split.tokens[start + offset : start + offset + n], dtype=np.int64)
         if fim:
             target = np.append(
