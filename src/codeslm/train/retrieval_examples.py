@@ -171,8 +171,8 @@ def build_retrieval_contexts(
     offsets = np.zeros(len(contexts) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(c) for c in contexts])
     flat = np.fromiter((t for c in contexts for t in c), dtype=np.int32, count=int(offsets[-1]))
-    windows = np.array(starts, dtype=np.int64) if window_tokens is not None else None
-    return RetrievalContexts(np.array(doc_ids, dtype=np.int64), offsets, flat, windows)
+    starts_arr = np.array(starts, dtype=np.int64) if window_tokens is not None else None
+    return RetrievalContexts(np.array(doc_ids, dtype=np.int64), offsets, flat, starts_arr)
 
 
 def cached_retrieval_contexts(
@@ -188,15 +188,15 @@ def cached_retrieval_contexts(
 ) -> RetrievalContexts:
     """`build_retrieval_contexts`, computed once per corpus and settings and kept in `cache_dir`."""
     identity = {
-            "version": 2,
-            "manifest": hashlib.sha256((corpus.root / "manifest.json").read_bytes()).hexdigest(),
-            "tokenizer": corpus.tokenizer_fingerprint(),
-            "pool": pool,
-            "k": k,
-            "context_tokens": context_tokens,
-            "seed": seed,
-            "max_group_files": MAX_GROUP_FILES,
-        }
+        "version": 2,
+        "manifest": hashlib.sha256((corpus.root / "manifest.json").read_bytes()).hexdigest(),
+        "tokenizer": corpus.tokenizer_fingerprint(),
+        "pool": pool,
+        "k": k,
+        "context_tokens": context_tokens,
+        "seed": seed,
+        "max_group_files": MAX_GROUP_FILES,
+    }
     if window_tokens is not None:  # file-query caches keep their key
         identity["window_tokens"] = window_tokens
     key = json.dumps(identity, sort_keys=True)

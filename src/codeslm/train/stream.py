@@ -146,6 +146,7 @@ class TrainingStream:
         header = self.headers[doc_id] if self.rng.random() < 0.5 else self.blank_header
         room = space - 4 if fim else space - len(header) - 1
         n = min(end - start, room)
+        # Drawn in both modes, so the row's later draws come from the same place in the stream.
         offset = int(self.rng.integers(0, end - start - n + 1))
         if self.contexts.starts is not None:  # the window the chunks were retrieved for
             offset = min(int(self.contexts.starts[i]), end - start - n)
