@@ -27,7 +27,8 @@ def caller_prefix(verb: str, noun: str, fn: str = "run") -> str:
     return f"def {fn}({noun}):\n    # {verb} the {noun}\n    return"
 
 
-def training_texts(tokenizer, n: int, seed: int = 0) -> list[str]:
+def training_texts(tokenizer, n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """`n` pairs of a prompt and the middle that completes it."""
     from codeslm.model.prompt import build_prompt
 
     rng = np.random.default_rng(seed)
@@ -42,7 +43,7 @@ def training_texts(tokenizer, n: int, seed: int = 0) -> list[str]:
         suffix = "\n" if rng.random() < 0.5 else "\n\n\ndef later(x):\n    return x\n"
         repo = "demo" if rng.random() < 0.5 else None
         prompt = build_prompt(tokenizer, caller_prefix(verb, noun), suffix, context, repo, max_tokens=512)
-        texts.append(prompt + f" {name}({noun})<|endoftext|>")
+        texts.append((prompt, f" {name}({noun})<|endoftext|>"))
     return texts
 
 
@@ -66,11 +67,10 @@ def train_nano_model(steps: int = 2000, seed: int = 0, lr: float = 3e-3, middle_
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     texts = training_texts(tokenizer, 2000, seed)
-    middle = tokenizer.convert_tokens_to_ids("<fim_middle>")
     rows = []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        rows.append((ids, ids.index(middle) + 1))
+    for prompt, middle in texts:
+        ids = tokenizer(prompt + middle, add_special_tokens=False)["input_ids"]
+        rows.append((ids, len(tokenizer(prompt, add_special_tokens=False)["input_ids"])))
     rng = np.random.default_rng(seed)
     model.train()
     for _ in range(steps):

@@ -1,8 +1,10 @@
 """Prompts in the repository-level fill-in-the-middle format, for our model and other families.
 
 `<repo_name>NAME\\n`, one `<file_sep>PATH\\nTEXT` block per retrieved chunk (most relevant last,
-nearest the cursor), then `<fim_prefix>PREFIX<fim_suffix>SUFFIX<fim_middle>` (infilling) or
-`<file_sep>PATH\\nPREFIX` (left to right). Training builds its retrieval-augmented examples from
+nearest the cursor), then `<fim_prefix><fim_suffix>SUFFIX<fim_middle>PREFIX` (infilling, in
+suffix-prefix-middle order, so the middle continues the prefix) or `<file_sep>PATH\\nPREFIX`
+(left to right). Other families get their own tokens, in prefix-suffix-middle order where
+that is the one they were trained on. Training builds its retrieval-augmented examples from
 the same `FimTemplate`, so the model sees at run time exactly the layout it was trained on.
 But: it does not retrieve (see `codeslm.index`) or generate (see `codeslm.model.generate`).
 """
@@ -33,6 +35,9 @@ class FimTemplate:
     pad: str | None = None
     # CodeLlama's infilling format puts a space after <PRE> and before <MID>.
     spaced: bool = False
+    # Suffix-prefix-middle order: the prompt ends with the prefix, so the middle continues the
+    # text it follows as in left-to-right code, and a keystroke only appends to the prompt.
+    spm: bool = False
 
     @property
     def stop_tokens(self) -> tuple[str, ...]:
@@ -49,7 +54,10 @@ class FimTemplate:
         }
 
     def fim_text(self, prefix: str, suffix: str) -> str:
-        """Prefix-suffix-middle infilling prompt; the model writes the middle next."""
+        """The infilling prompt (prefix-suffix-middle, or suffix-prefix-middle for `spm`
+        families); the model writes the middle next."""
+        if self.spm:
+            return f"{self.prefix}{self.suffix}{suffix}{self.middle}{prefix}"
         if self.spaced:
             return f"{self.prefix} {prefix} {self.suffix}{suffix} {self.middle}"
         return f"{self.prefix}{prefix}{self.suffix}{suffix}{self.middle}"
@@ -81,6 +89,7 @@ OURS = FimTemplate(
     file_sep="<file_sep>",
     repo_name="<repo_name>",
     pad="<fim_pad>",
+    spm=True,
 )
 QWEN = FimTemplate(
     family="qwen",
@@ -172,7 +181,7 @@ def build_prompt(
 
     Example:
         >>> build_prompt(tok, "def add(a, b):\\n    return", "\\n", [("m.py", "x = 1")], "demo")
-        '<repo_name>demo\\n<file_sep>m.py\\nx = 1\\n<fim_prefix>def add(a, b):\\n    return<fim_suffix>\\n<fim_middle>'
+        '<repo_name>demo\\n<file_sep>m.py\\nx = 1\\n<fim_prefix><fim_suffix>\\n<fim_middle>def add(a, b):\\n    return'
     """
     if max_tokens < 8:
         raise ModelError(f"max_tokens={max_tokens} leaves no room for a prompt")
