@@ -126,6 +126,18 @@ def test_default_checkpoint_loads_and_generates():
     assert completion and "<fim_" not in completion
 
 
+def test_default_checkpoint_infills_from_the_text_before_the_cursor():
+    from codeslm.model.prompt import build_prompt
+
+    model, tokenizer = load_model(device="cpu")
+    prefix = "def parse(items):\n    out = []\n    for item in items:\n        try:\n"
+    suffix = "        except ValueError:\n            continue\n    return out\n"
+    prompt = build_prompt(tokenizer, prefix, suffix, max_tokens=400)
+    line = generate(model, tokenizer, prompt, max_new_tokens=16, stop=["\n"])
+    # The body of the `try:` four columns in from it: only the prefix says where that is.
+    assert line.startswith(" " * 12) and not line.startswith(" " * 13), line
+
+
 # The shipped checkpoint (3.6M parameters, 126M tokens seen, 1.40 validation bits per byte)
 # writes Python-shaped text (` (x, y, z)`) but not yet the right line; strict, so the marker
 # must go once a better checkpoint completes it.
