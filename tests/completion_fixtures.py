@@ -53,6 +53,7 @@ def train_nano_model(steps: int = 2000, seed: int = 0, lr: float = 3e-3, middle_
     from transformers import LlamaForCausalLM
 
     from codeslm.model.config import llama_config, model_shape
+    from codeslm.model.prompt import count_tokens
     from codeslm.model.tokenizer import train_tokenizer
     from codeslm.train.pretrain import token_loss
 
@@ -70,7 +71,7 @@ def train_nano_model(steps: int = 2000, seed: int = 0, lr: float = 3e-3, middle_
     rows = []
     for prompt, middle in texts:
         ids = tokenizer(prompt + middle, add_special_tokens=False)["input_ids"]
-        rows.append((ids, len(tokenizer(prompt, add_special_tokens=False)["input_ids"])))
+        rows.append((ids, count_tokens(tokenizer, prompt)))
     rng = np.random.default_rng(seed)
     model.train()
     for _ in range(steps):
