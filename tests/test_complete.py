@@ -97,6 +97,17 @@ def test_never_retrieves_the_cursor_chunk_or_what_follows(nano, repo):
     assert "glorpified" not in result.text
 
 
+def test_chunks_beyond_the_prompts_feed_only_the_ngram_cache(nano, repo):
+    root, _, index = repo
+    file, line, col = CURSOR
+    wide = engine_for(nano, index, ngram_cache=True, cache_k=3).complete_file(root / file, line, col)
+    narrow = engine_for(nano, index, ngram_cache=True, cache_k=1).complete_file(root / file, line, col)
+    assert [c.in_prompt for c in wide.retrieved] == [True, False, False]
+    assert wide.retrieved[0].path == "helpers.py" and len(narrow.retrieved) == 1
+    # The prompt holds the best chunk only, whatever the cache reads.
+    assert wide.prompt_tokens == narrow.prompt_tokens
+
+
 def test_keystroke_cache_returns_the_rest_of_the_suggestion_without_the_model(nano, repo):
     root, _, index = repo
     engine = engine_for(nano, index)

@@ -31,12 +31,14 @@ class CompletionSettings:
     multiline: bool = False
     retrieval: bool = True
     mode: str = "bm25"  # code-to-code retrieval: "bm25" or "hybrid" (BM25 + dense, RRF)
-    k: int = 4  # retrieved chunks asked for
+    k: int = 4  # retrieved chunks in the prompt
+    cache_k: int = 4  # retrieved chunks the n-gram cache reads, k or more (they cost no positions)
     repocoder: bool = False  # retrieve a second time with the first draft appended
     query_lines: int = 10  # last lines of the prefix in the query (plus the suffix's first)
     prefix_tokens: int = 384  # window of the text before the cursor
     suffix_tokens: int = 96  # window of the text after the cursor
     max_prompt_tokens: int = 896
+    context_share: float = 0.5  # of the prompt kept for retrieved chunks (as much as they need)
     max_new_tokens: int | None = None  # None: 48 for a line, 160 for a block
     line_budget_ms: float | None = 250.0  # after this, finish the current line and stop
     knn_lambda: float = 0.0
@@ -72,6 +74,9 @@ class RetrievedChunk:
     symbol: str
     score: float
     text: str
+    # One of the best `k`, offered to the prompt (which keeps what fits); the others only feed
+    # the n-gram cache.
+    in_prompt: bool = True
 
 
 @dataclass
@@ -281,17 +286,19 @@ class CompletionEngine:
 
         t = time.perf_counter()
         # Least relevant first, so the best chunk sits nearest the cursor.
-        context = [(h.path, h.text) for h in reversed(hits)] + list(request.extra_context)
+        context = [(h.path, h.text) for h in reversed(hits) if h.in_prompt] + list(request.extra_context)
         # Prompt and new tokens stay within the positions the model was trained on.
         budget = prompt_budget(self.model, settings.max_prompt_tokens, settings.new_tokens())
-        prompt = build_prompt(self.tokenizer, prefix, suffix, context, self.repo_name, max_tokens=budget)
+        prompt = build_prompt(self.tokenizer, prefix, suffix, context, self.repo_name, max_tokens=budget,
+                              context_share=settings.context_share)
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         ngram = None
         if settings.ngram_cache:
             # The whole file, not just the window: the cache costs no positions.
             before = request.prefix[: len(request.prefix) - len(fragment)]
-            ngram = NgramCache.for_text(self.tokenizer, before, request.suffix,
-                                        [text for _, text in context])
+            # Chunks beyond the prompt's too: the cache reads more than the model has room for.
+            chunks = [h.text for h in hits] + [text for _, text in request.extra_context]
+            ngram = NgramCache.for_text(self.tokenizer, before, request.suffix, chunks)
         prompt_ms = (time.perf_counter() - t) * 1000
         deadline = None
         if settings.line_budget_ms is not None:
@@ -322,7 +329,7 @@ class CompletionEngine:
                          "left it out of retrieval; re-run `codeslm index`")
         try:
             found = self.index.search_code(
-                query, k=settings.k + 4, exclude=(request.path, cursor_line) if request.path else None,
+                query, k=self._wanted(settings) + 4, exclude=(request.path, cursor_line) if request.path else None,
                 exclude_files=exclude_files, mode=settings.mode,
             )
         except IndexFormatError as e:
@@ -336,7 +343,15 @@ class CompletionEngine:
             for h in found
             if not (h.chunk.path == request.path and h.chunk.end_line >= window_start)
         ]
-        return hits[: settings.k]
+        hits = hits[: self._wanted(settings)]
+        for hit in hits[settings.k :]:
+            hit.in_prompt = False
+        return hits
+
+    @staticmethod
+    def _wanted(settings: CompletionSettings) -> int:
+        """Chunks to retrieve: the prompt's, and more for the n-gram cache when it reads more."""
+        return max(settings.k, settings.cache_k) if settings.ngram_cache else settings.k
 
     def _stale(self, path: str, prefix: str, cursor_line: int) -> bool:
         """Whether the indexed chunks of `path` above the cursor differ from the text before it.
