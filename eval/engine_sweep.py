@@ -51,6 +51,17 @@ def parse_setting(text: str) -> dict:
     return setting
 
 
+def datastore(index_path: Path, model, tokenizer):
+    """The index's kNN datastore for `model`, built there when missing or built by another model."""
+    from codeslm.errors import ModelError
+    from codeslm.model.knn import KnnDatastore, build_index_datastore
+
+    try:
+        return KnnDatastore.load(index_path, model)
+    except ModelError:
+        return build_index_datastore(index_path, loaded=(model, tokenizer))
+
+
 def validation_packages() -> set[str]:
     manifest = REPO / "runs" / "corpus-default" / "manifest.json"
     if not manifest.is_file():
@@ -127,10 +138,14 @@ def main() -> None:
     for repo in repos:
         task = RepoLines(repo, n_tasks=args.tasks, seed=args.seed)
         examples = task.examples()
-        index, _ = open_or_build_index(task.repo, REPO / "index" / repo.name)
+        index, index_path = open_or_build_index(task.repo, REPO / "index" / repo.name)
+        knn = None
+        if any(setting.get("knn_lambda") for setting in variants.values()):
+            knn = datastore(index_path, model, tokenizer)
         for name, setting in variants.items():
             settings = CompletionSettings(line_budget_ms=None, **setting)
-            engine = CompletionEngine(model, tokenizer, index, settings)
+            engine = CompletionEngine(model, tokenizer, index, settings,
+                                      knn if settings.knn_lambda > 0 else None)
             completions = generate_completions(task, examples, engine, desc=f"{repo.name} {name}")
             rows[name][repo.name] = task.score(examples, completions).scores
         index.close()

@@ -327,7 +327,8 @@ def train_cmd(recipe, resume, until_step, export_latest, quiet, **overrides):
               help="Retrieval: BM25, or BM25 fused with dense embeddings.")
 @click.option("--repocoder", is_flag=True, help="Retrieve again with the first draft appended.")
 @click.option("--knn-lambda", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Weight of the index's kNN datastore in the next-token distribution.")
+              help="Weight of the index's kNN datastore in the next-token distribution "
+                   "(0.9 suits the shipped model).")
 @click.option("--no-ngram-cache", is_flag=True,
               help="Do not mix in what followed the last tokens elsewhere in the file and the "
                    "retrieved chunks (its weights suit the shipped model).")

@@ -152,8 +152,8 @@ ENGINE_VARIANTS = {
     "bm25": {},
     "hybrid": {"mode": "hybrid"},
     "repocoder": {"repocoder": True},
-    "knn": {"retrieval": False, "knn_lambda": 0.25},
-    "bm25+knn": {"knn_lambda": 0.25},
+    "knn": {"retrieval": False, "knn_lambda": 0.9},
+    "bm25+knn": {"knn_lambda": 0.9},
     "none-no-cache": {"retrieval": False, "ngram_cache": False},
     "bm25-no-cache": {"ngram_cache": False},
 }
