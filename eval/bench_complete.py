@@ -8,6 +8,7 @@ Prints p50/p95/p99 of end-to-end time split into retrieval, prompt building (cur
 included), prefill and decode, and writes `eval/results/bench-complete-<time>/results.json`.
 
 Usage: python eval/bench_complete.py [--model DIR] [--index-dir DIR] [--positions 200]
+       [--knn-lambda 0.9]   (with an index built with `codeslm index --knn`)
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def main() -> None:
                         help="An existing stdlib index (BM25 is enough) [default: build one in a temp dir].")
     parser.add_argument("--positions", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--knn-lambda", type=float, default=0.0,
+                        help="Mix in the index's kNN datastore (`codeslm index --knn`) at this weight.")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; one token at a time is fastest on one thread.")
     args = parser.parse_args()
@@ -92,7 +95,7 @@ def main() -> None:
         build_index(repo, index_dir, dense=False, progress=False)
 
     model_dir = args.model or default_model_dir()
-    engine = CompletionEngine.open(model_dir, index_dir, CompletionSettings())
+    engine = CompletionEngine.open(model_dir, index_dir, CompletionSettings(knn_lambda=args.knn_lambda))
     index = engine.index
     cursors = sample_cursors(index, args.positions, args.seed)
 
@@ -144,7 +147,8 @@ def main() -> None:
     out = ROOT / "eval" / "results" / f"bench-complete-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({
-        "model": str(model_dir), "index": str(index_dir), "positions": len(cursors), "seed": args.seed,
+        "model": str(model_dir), "index": str(index_dir), "knn_lambda": args.knn_lambda,
+        "positions": len(cursors), "seed": args.seed,
         "torch_threads": torch.get_num_threads(), "warm_cache_hits": warm_hits,
         "empty_suggestions": sum(n == 0 for n in lengths), "median_suggestion_chars": float(np.median(lengths)),
         "median_prompt_tokens": float(np.median(prompt_tokens)), "timings_ms": table,
