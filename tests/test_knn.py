@@ -67,6 +67,29 @@ def test_cursor_file_is_left_out_from_the_cursor_line_on(nano, store):
     assert (store.lines[: store.meta["file_starts"][1]] <= 2).all()
 
 
+def test_graph_search_finds_the_exhaustive_neighbours_and_flat_datastores_still_work(nano, store):
+    import faiss
+    import numpy as np
+
+    model, tokenizer = nano
+    assert hasattr(store.index, "hnsw")
+    keys = store.index.reconstruct_n(0, store.index.ntotal)
+    flat = faiss.IndexFlatL2(keys.shape[1])
+    flat.add(keys)
+    queries = keys[:: max(1, len(keys) // 50)] + 0.01
+    _, exact = flat.search(queries, store.k)
+    _, graph = store.index.search(queries, store.k, params=store._params)
+    recall = np.mean([len(set(a) & set(b)) / store.k for a, b in zip(exact, graph, strict=True)])
+    assert recall > 0.9
+    # A datastore written before graphs (an exhaustive index) gives the same distribution.
+    old = KnnDatastore(flat, store.values, store.meta, store.lines)
+    log_p, hidden = next_token_probs(model, tokenizer, "<file_sep>config.py\n" + CONFIG_FILE[:40])
+    assert torch.allclose(old.interpolate(log_p, hidden, 0.5), store.interpolate(log_p, hidden, 0.5),
+                          atol=1e-4)
+    old.exclude_after("config.py", 2)
+    assert float(old.interpolate(log_p, hidden, 0.5).exp().sum()) == pytest.approx(1.0, abs=1e-4)
+
+
 def test_round_trip_and_refusal_of_another_model(nano, store, tmp_path):
     from transformers import LlamaForCausalLM
 

@@ -25,7 +25,12 @@ from codeslm.errors import ModelError
 
 KNN_DIR = "knn"
 FORMAT_VERSION = 2  # 2: per-entry file and line
-FLAT_LIMIT = 200_000  # keys above this are stored scalar-quantized (8 bits) in IVF lists
+# Up to this many keys: an HNSW graph over the exact keys (a search per generated token takes
+# about 0.1 ms where an exhaustive one over 150,000 keys took 6 ms). Above: keys scalar-quantized
+# (8 bits) in IVF lists.
+GRAPH_LIMIT = 200_000
+HNSW_NEIGHBOURS = 32
+HNSW_EF_SEARCH = 64  # candidates a search keeps: recall of the 16 nearest about 0.98
 
 
 def model_fingerprint(model) -> str:
@@ -74,7 +79,7 @@ class KnnDatastore:
         self.scale = float(meta["distance_scale"])
         self.file_of = {path: i for i, path in enumerate(meta["paths"])}
         self.file_starts = np.asarray(meta["file_starts"], dtype=np.int64)  # first entry per file
-        self._params = None
+        self._params = _search_params(index)
 
     def exclude_after(self, path: str, line: int) -> None:
         """Leave out `path`'s entries from 1-based `line` on (its text at and after a cursor).
@@ -84,7 +89,7 @@ class KnnDatastore:
         """
         import faiss
 
-        self._params = None
+        self._params = _search_params(self.index)
         f = self.file_of.get(path)
         if f is None:
             return
@@ -96,10 +101,7 @@ class KnnDatastore:
         # The selectors are kept on self: FAISS holds raw pointers to them.
         self._range = faiss.IDSelectorRange(lo, end)
         self._not = faiss.IDSelectorNot(self._range)
-        if hasattr(self.index, "nprobe"):
-            self._params = faiss.SearchParametersIVF(sel=self._not, nprobe=self.index.nprobe)
-        else:
-            self._params = faiss.SearchParameters(sel=self._not)
+        self._params = _search_params(self.index, self._not)
 
     @classmethod
     def build(cls, model, tokenizer, files: list[tuple[str, str]], *, max_tokens: int = 2_000_000,
@@ -131,14 +133,19 @@ class KnnDatastore:
         keys_arr = np.ascontiguousarray(np.concatenate(keys))
         values_arr = np.concatenate(values)
         d = keys_arr.shape[1]
-        if len(keys_arr) > FLAT_LIMIT:
+        threads = faiss.omp_get_max_threads()
+        if len(keys_arr) > GRAPH_LIMIT:
             nlist = int(4 * np.sqrt(len(keys_arr)))
             index = faiss.index_factory(d, f"IVF{nlist},SQ8")
             index.train(keys_arr[np.random.default_rng(0).permutation(len(keys_arr))[: 64 * nlist]])
             index.nprobe = 8
         else:
-            index = faiss.IndexFlatL2(d)
-        index.add(keys_arr)
+            index = faiss.IndexHNSWFlat(d, HNSW_NEIGHBOURS)
+            faiss.omp_set_num_threads(1)  # one thread builds the same graph every time
+        try:
+            index.add(keys_arr)
+        finally:
+            faiss.omp_set_num_threads(threads)
         meta = {
             "format_version": FORMAT_VERSION,
             "model_fingerprint": model_fingerprint(model),
@@ -222,6 +229,18 @@ class KnnDatastore:
         lam = lam * float(np.exp(-nearest / self.scale))
         p_knn = torch.zeros_like(log_probs).index_add_(0, tokens, weights.to(log_probs.dtype))
         return torch.log(lam * p_knn + (1 - lam) * log_probs.exp() + 1e-30)
+
+
+def _search_params(index, selector=None):
+    """FAISS search parameters for `index`'s kind, leaving out what `selector` excludes (None:
+    nothing to set, for an exhaustive index searched over every key)."""
+    import faiss
+
+    if hasattr(index, "nprobe"):
+        return faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
+    if hasattr(index, "hnsw"):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=HNSW_EF_SEARCH)
+    return None if selector is None else faiss.SearchParameters(sel=selector)
 
 
 def _token_lines(block: str, text_start: int, offsets) -> np.ndarray:
