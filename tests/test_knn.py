@@ -132,3 +132,14 @@ def test_cli_index_knn_then_complete_with_it_and_refuse_another_model(nano, tmp_
     refused = runner.invoke(cli, args + ["--model", str(other_dir)])
     assert isinstance(refused.exception, ModelError)
     assert "built by another model" in str(refused.exception)
+    # Re-indexing unchanged code keeps the datastore; changed code drops it, since its entries
+    # name lines that no longer hold what they held.
+    again = ["index", str(root), "--index-dir", str(index_dir), "--no-dense", "-q"]
+    assert "removed the kNN datastore" not in runner.invoke(cli, again).output
+    assert (index_dir / "knn" / "knn.json").is_file()
+    (root / "other.py").write_text((root / "other.py").read_text() + "\n\nSPARE = 1\n")
+    changed = runner.invoke(cli, again)
+    assert changed.exit_code == 0, changed.output
+    assert "removed the kNN datastore" in changed.output and not (index_dir / "knn").exists()
+    stale = runner.invoke(cli, args + ["--model", str(model_dir)])
+    assert isinstance(stale.exception, ModelError) and "no kNN datastore" in str(stale.exception)

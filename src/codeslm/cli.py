@@ -79,6 +79,9 @@ def index_cmd(path, index_dir, embedding_model, no_dense, max_file_size, rebuild
         click.echo(f"  {summary.parse_fallbacks} files did not parse; chunked by line windows")
     for reason, count in sorted(summary.skipped.items(), key=lambda kv: -kv[1]):
         click.echo(f"  skipped {count}: {reason}")
+    if summary.knn_dropped and not knn:
+        click.echo("  removed the kNN datastore: the code changed since it was built; "
+                   "rebuild it with --knn")
     if knn:
         from codeslm.model.knn import build_index_datastore
 

@@ -27,6 +27,7 @@ from codeslm.errors import CodeslmError, IndexFormatError
 from codeslm.index.bm25 import BM25Index, Vocabulary
 from codeslm.index.manifest import (
     FORMAT_VERSION,
+    KNN_DIR,
     Manifest,
     is_index_dir,
     read_manifest,
@@ -55,6 +56,7 @@ class IndexSummary:
     skipped: Counter = field(default_factory=Counter)
     dense: bool = True
     up_to_date: bool = False
+    knn_dropped: bool = False  # a kNN datastore of the code before this run was removed
     seconds: float = 0.0
 
 
@@ -100,6 +102,11 @@ def build_index(
         _remove_stale_files(index_dir, current)
         summary = IndexSummary(index_dir=index_dir, repo=repo, dense=dense)
         _update(repo, index_dir, old, summary, dense, embedding_model, max_file_size, progress)
+        if not summary.up_to_date and (index_dir / KNN_DIR).is_dir():
+            # Its entries name files and lines of the code before this run: stale ones could
+            # show a completion the text after its cursor.
+            shutil.rmtree(index_dir / KNN_DIR)
+            summary.knn_dropped = True
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -16,6 +16,7 @@ from codeslm.errors import IndexFormatError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+KNN_DIR = "knn"  # the model's token-level datastore, when one was built (`codeslm.model.knn`)
 
 
 @dataclass

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from codeslm.errors import ModelError
+from codeslm.index.manifest import KNN_DIR
 
-KNN_DIR = "knn"
 FORMAT_VERSION = 2  # 2: per-entry file and line
 # Up to this many keys: an HNSW graph over the exact keys (a search per generated token takes
 # about 0.1 ms where an exhaustive one over 150,000 keys took 6 ms). Above: keys scalar-quantized
