@@ -15,6 +15,7 @@ chart (`sweep.png`) and `sweep.json` to a new run directory under `eval/results/
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import os
@@ -24,74 +25,34 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proof_repo import corpus_packages, plot, score_table  # noqa: E402
+
 SITE = Path(sysconfig.get_paths()["purelib"])
 PACKAGES = ("dateutil", "packaging", "click")
 ALTERNATIVES = ("cache_k=16", "cache_k=32", "context_share=0", "context_share=0.75")
 
 
 def parse_setting(text: str) -> dict:
-    """`{"cache_k": 16, ...}` from `cache_k=16,...`, each value cast to its field's type."""
+    """`{"cache_k": 16, ...}` from `cache_k=16,...`: Python literals, bare words as strings."""
     from codeslm.complete import CompletionSettings
 
     defaults = {f.name: f.default for f in dataclasses.fields(CompletionSettings)}
     setting = {}
     for pair in filter(None, text.split(",")):
-        name, sep, value = pair.partition("=")
-        name = name.strip()
+        name, sep, value = (part.strip() for part in pair.partition("="))
         if not sep or name not in defaults:
             raise SystemExit(f"--set {text!r}: give name=value with a CompletionSettings field "
                              f"({', '.join(defaults)})")
-        kind = type(defaults[name])
-        if kind is bool:
-            setting[name] = value.strip().lower() in ("1", "true", "yes")
-        elif defaults[name] is None:
-            setting[name] = None if value.strip().lower() == "none" else float(value)
-        else:
-            setting[name] = kind(value)
+        if isinstance(defaults[name], bool):
+            setting[name] = value.lower() in ("1", "true", "yes")
+            continue
+        try:
+            setting[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            setting[name] = value  # e.g. mode=hybrid
     return setting
-
-
-def datastore(index_path: Path, model, tokenizer):
-    """The index's kNN datastore for `model`, built there when missing or built by another model."""
-    from codeslm.errors import ModelError
-    from codeslm.model.knn import KnnDatastore, build_index_datastore
-
-    try:
-        return KnnDatastore.load(index_path, model)
-    except ModelError:
-        return build_index_datastore(index_path, loaded=(model, tokenizer))
-
-
-def validation_packages() -> set[str]:
-    manifest = REPO / "runs" / "corpus-default" / "manifest.json"
-    if not manifest.is_file():
-        return set()
-    return set(json.loads(manifest.read_text())["split"].get("val_packages", []))
-
-
-def plot(rows: dict[str, dict[str, dict]], repos: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    names = list(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    width = 0.8 / len(repos)
-    x = np.arange(len(names))
-    for ax, metric, title in ((axes[0], "exact_match", "exact match"),
-                              (axes[1], "edit_similarity", "edit similarity")):
-        for i, repo in enumerate(repos):
-            ax.bar(x + i * width, [rows[n][repo][metric] for n in names], width, label=repo)
-        ax.set_xticks(x + width * (len(repos) - 1) / 2, names, rotation=30, ha="right")
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Completion engine settings on development packages")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -113,7 +74,7 @@ def main() -> None:
     from codeslm.errors import CodeslmError
     from codeslm.eval.repo_lines import RepoLines
     from codeslm.eval.report import new_run_dir
-    from codeslm.eval.runs import generate_completions, open_or_build_index
+    from codeslm.eval.runs import generate_completions, open_or_build_datastore, open_or_build_index
     from codeslm.model.loading import load_model
 
     torch.set_num_threads(1)  # single-token decoding is fastest on one thread here
@@ -121,7 +82,7 @@ def main() -> None:
     missing = [str(r) for r in repos if not r.is_dir()]
     if missing:
         raise SystemExit(f"no such repository: {', '.join(missing)}")
-    held_out = validation_packages()
+    held_out = corpus_packages("val")
     for repo in repos:
         if held_out and repo.name not in held_out:
             print(f"warning: {repo.name} is not a validation-split package", file=sys.stderr)
@@ -141,7 +102,7 @@ def main() -> None:
         index, index_path = open_or_build_index(task.repo, REPO / "index" / repo.name)
         knn = None
         if any(setting.get("knn_lambda") for setting in variants.values()):
-            knn = datastore(index_path, model, tokenizer)
+            knn = open_or_build_datastore(index_path, model, tokenizer)
         for name, setting in variants.items():
             settings = CompletionSettings(line_budget_ms=None, **setting)
             engine = CompletionEngine(model, tokenizer, index, settings,
@@ -151,14 +112,7 @@ def main() -> None:
         index.close()
 
     names = [r.name for r in repos]
-    header = ["setting"] + [f"{n} EM / ES" for n in names] + ["mean EM", "mean ES"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, by_repo in rows.items():
-        em = [by_repo[n]["exact_match"] for n in names]
-        es = [by_repo[n]["edit_similarity"] for n in names]
-        cells = [f"{a:.3f} / {b:.3f}" for a, b in zip(em, es, strict=True)]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(em) / len(em):.3f} | {sum(es) / len(es):.3f} |")
-    table = "\n".join(lines)
+    table = score_table(rows, names, "setting")
     out = new_run_dir("engine-sweep", args.out)
     (out / "sweep.md").write_text(table + "\n", encoding="utf-8")
     (out / "sweep.json").write_text(json.dumps({
@@ -166,7 +120,7 @@ def main() -> None:
         "seed": args.seed, "defaults": dataclasses.asdict(CompletionSettings(line_budget_ms=None)),
         "settings": variants, "scores": rows, "seconds": round(time.time() - started, 1),
     }, indent=2), encoding="utf-8")
-    plot(rows, names, out / "sweep.png")
+    plot(rows, names, out / "sweep.png", "Completion engine settings on development packages")
     print(table)
     print(f"\nwritten to {out}")
 

@@ -51,16 +51,30 @@ def fetch(spec: str, where: Path) -> Path:
     return target
 
 
-def training_packages() -> set[str]:
-    """Top-level packages of the default corpus's train and validation splits (empty if absent)."""
+def corpus_packages(*splits: str) -> set[str]:
+    """Top-level packages of the default corpus's `splits` (`train`, `val`; empty if absent)."""
     manifest = REPO / "runs" / "corpus-default" / "manifest.json"
     if not manifest.is_file():
         return set()
     split = json.loads(manifest.read_text())["split"]
-    return set(split.get("train_packages", [])) | set(split.get("val_packages", []))
+    return set().union(*(split.get(f"{name}_packages", []) for name in splits))
 
 
-def plot(rows: dict[str, dict[str, dict]], projects: list[str], path: Path) -> None:
+def score_table(rows: dict[str, dict[str, dict]], columns: list[str], first: str) -> str:
+    """A Markdown table of EM / ES per row and column, with the mean over the columns."""
+    header = [first] + [f"{c} EM / ES" for c in columns] + ["mean EM", "mean ES"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, by_column in rows.items():
+        em = [by_column[c]["exact_match"] for c in columns]
+        es = [by_column[c]["edit_similarity"] for c in columns]
+        cells = [f"{a:.3f} / {b:.3f}" for a, b in zip(em, es, strict=True)]
+        lines.append("| " + " | ".join([name, *cells, f"{sum(em) / len(em):.3f}",
+                                        f"{sum(es) / len(es):.3f}"]) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: dict[str, dict[str, dict]], projects: list[str], path: Path,
+         title: str = "Repository line completion on projects in no training split") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,7 +94,7 @@ def plot(rows: dict[str, dict[str, dict]], projects: list[str], path: Path) -> N
         ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Repository line completion on projects in no training split")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -107,7 +121,7 @@ def main() -> None:
     torch.set_num_threads(1)  # single-token decoding is fastest on one thread here
     projects = args.project or PROJECTS
     engines = tuple(args.engine or ENGINES)
-    seen = training_packages()
+    seen = corpus_packages("train", "val")
     rows: dict[str, dict[str, dict]] = {}
     runs = {}
     started = time.time()
@@ -131,16 +145,7 @@ def main() -> None:
             }
 
     out = new_run_dir("proof-repo", args.out)
-    header = ["system"] + [f"{p} EM / ES" for p in projects] + ["mean EM", "mean ES"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for system, by_project in rows.items():
-        em = [by_project[p]["exact_match"] for p in projects]
-        es = [by_project[p]["edit_similarity"] for p in projects]
-        cells = [f"{by_project[p]['exact_match']:.3f} / {by_project[p]['edit_similarity']:.3f}"
-                 for p in projects]
-        lines.append("| " + " | ".join([system, *cells, f"{sum(em) / len(em):.3f}",
-                                        f"{sum(es) / len(es):.3f}"]) + " |")
-    table = "\n".join(lines)
+    table = score_table(rows, projects, "system")
     print(table)
     (out / "proof.md").write_text(table + "\n")
     plot(rows, projects, out / "proof.png")

@@ -45,6 +45,10 @@ class CompletionSettings:
     ngram_cache: bool = True  # mix in what followed the last tokens in the file and chunks
     cache_size: int = 64  # keystroke cache entries
 
+    def chunks_wanted(self) -> int:
+        """Chunks to retrieve: the prompt's, and more when the n-gram cache reads more."""
+        return max(self.k, self.cache_k) if self.ngram_cache else self.k
+
     def new_tokens(self) -> int:
         if self.max_new_tokens is not None:
             return self.max_new_tokens
@@ -329,7 +333,7 @@ class CompletionEngine:
                          "left it out of retrieval; re-run `codeslm index`")
         try:
             found = self.index.search_code(
-                query, k=self._wanted(settings) + 4, exclude=(request.path, cursor_line) if request.path else None,
+                query, k=settings.chunks_wanted() + 4, exclude=(request.path, cursor_line) if request.path else None,
                 exclude_files=exclude_files, mode=settings.mode,
             )
         except IndexFormatError as e:
@@ -343,15 +347,10 @@ class CompletionEngine:
             for h in found
             if not (h.chunk.path == request.path and h.chunk.end_line >= window_start)
         ]
-        hits = hits[: self._wanted(settings)]
+        hits = hits[: settings.chunks_wanted()]
         for hit in hits[settings.k :]:
             hit.in_prompt = False
         return hits
-
-    @staticmethod
-    def _wanted(settings: CompletionSettings) -> int:
-        """Chunks to retrieve: the prompt's, and more for the n-gram cache when it reads more."""
-        return max(settings.k, settings.cache_k) if settings.ngram_cache else settings.k
 
     def _stale(self, path: str, prefix: str, cursor_line: int) -> bool:
         """Whether the indexed chunks of `path` above the cursor differ from the text before it.

@@ -159,11 +159,22 @@ ENGINE_VARIANTS = {
 }
 
 
+def open_or_build_datastore(index_path: Path, model, tokenizer):
+    """The index's kNN datastore for `model`, (re)built there when it is missing or another model
+    built it."""
+    from codeslm.errors import ModelError
+    from codeslm.model.knn import KnnDatastore, build_index_datastore
+
+    try:
+        return KnnDatastore.load(index_path, model)
+    except ModelError:
+        return build_index_datastore(index_path, loaded=(model, tokenizer))
+
+
 def _engines(variants, model, tokenizer, index, index_path: Path, k: int) -> dict:
     """One completion engine per variant, sharing the model, the index and the kNN datastore.
 
-    The datastore in `index_path` is (re)built for this model when it is missing or another
-    model built it. No per-line time budget: scores must not depend on how busy the machine is.
+    The datastore in `index_path` comes from `open_or_build_datastore`. No per-line time budget: scores must not depend on how busy the machine is.
     """
     from codeslm.complete import CompletionEngine, CompletionSettings
 
@@ -173,13 +184,7 @@ def _engines(variants, model, tokenizer, index, index_path: Path, k: int) -> dic
                         f"choose from {', '.join(ENGINE_VARIANTS)}")
     knn = None
     if any(ENGINE_VARIANTS[v].get("knn_lambda") for v in variants):
-        from codeslm.errors import ModelError
-        from codeslm.model.knn import KnnDatastore, build_index_datastore
-
-        try:
-            knn = KnnDatastore.load(index_path, model)
-        except ModelError:
-            knn = build_index_datastore(index_path, loaded=(model, tokenizer))
+        knn = open_or_build_datastore(index_path, model, tokenizer)
     engines = {}
     for variant in variants:
         settings = CompletionSettings(k=k, line_budget_ms=None, **ENGINE_VARIANTS[variant])
