@@ -1,8 +1,9 @@
 """A small repository and a nano model trained, in the test, to copy names from retrieved code.
 
 Every training example is a repository-level FIM prompt (`build_prompt`, the engine's format)
-whose one retrieved chunk defines a function; the middle calls it. Which name that is can only
-be read from the retrieved chunk.
+with one to three retrieved chunks that each define a function; the middle calls the one nearest
+the cursor, which also shares the caller's comment, as the engine's most relevant chunk does.
+Which name that is can only be read from the retrieved chunks.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def training_texts(tokenizer, n: int, seed: int = 0) -> list[tuple[str, str]]:
     rng = np.random.default_rng(seed)
     texts = []
     for _ in range(n):
-        picks = rng.choice(len(NAMES), size=1)
+        picks = rng.choice(len(NAMES), size=int(rng.integers(1, 4)), replace=False)
         verbs = rng.choice(VERBS, size=len(picks), replace=False)
         nouns = rng.choice(NOUNS, size=len(picks))
         context = [(f"mod{int(rng.integers(9))}.py", chunk_text(NAMES[p], v, o))
