@@ -106,7 +106,7 @@ def main() -> None:
         for name, setting in variants.items():
             settings = CompletionSettings(line_budget_ms=None, **setting)
             engine = CompletionEngine(model, tokenizer, index, settings,
-                                      knn if settings.knn_lambda > 0 else None)
+                                      knn if settings.knn_lambda else None)
             completions = generate_completions(task, examples, engine, desc=f"{repo.name} {name}")
             rows[name][repo.name] = task.score(examples, completions).scores
         index.close()

@@ -3,10 +3,13 @@ save/load round trip, and refuses a model that did not build it."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from completion_fixtures import CONFIG_FILE, train_nano_model, write_repo
 
+from codeslm.complete.engine import DEFAULT_KNN_LAMBDA
 from codeslm.errors import ModelError
 from codeslm.model.knn import KnnDatastore, model_fingerprint
 
@@ -129,9 +132,22 @@ def test_cli_index_knn_then_complete_with_it_and_refuse_another_model(nano, tmp_
             str(index_dir), "--knn-lambda", "0.5", "--json"]
     ok = runner.invoke(cli, args + ["--model", str(model_dir)])
     assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["knn_lambda"] == 0.5
     refused = runner.invoke(cli, args + ["--model", str(other_dir)])
     assert isinstance(refused.exception, ModelError)
     assert "built by another model" in str(refused.exception)
+    # Without --knn-lambda the datastore is used at the default weight when this model built it,
+    # and left out with a note when another did; 0 turns it off.
+    auto = args[:-3] + ["--json"]
+    found = json.loads(runner.invoke(cli, auto + ["--model", str(model_dir)]).output)
+    assert found["knn_lambda"] == DEFAULT_KNN_LAMBDA and not found["notes"]
+    foreign = runner.invoke(cli, auto + ["--model", str(other_dir)])
+    assert foreign.exit_code == 0, foreign.output
+    foreign = json.loads(foreign.output)
+    assert foreign["knn_lambda"] == 0.0
+    assert any("without the kNN datastore" in n and "another model" in n for n in foreign["notes"])
+    off = json.loads(runner.invoke(cli, auto + ["--knn-lambda", "0", "--model", str(model_dir)]).output)
+    assert off["knn_lambda"] == 0.0 and not off["notes"]
     # Re-indexing unchanged code keeps the datastore; changed code drops it, since its entries
     # name lines that no longer hold what they held.
     again = ["index", str(root), "--index-dir", str(index_dir), "--no-dense", "-q"]
@@ -143,3 +159,5 @@ def test_cli_index_knn_then_complete_with_it_and_refuse_another_model(nano, tmp_
     assert "removed the kNN datastore" in changed.output and not (index_dir / "knn").exists()
     stale = runner.invoke(cli, args + ["--model", str(model_dir)])
     assert isinstance(stale.exception, ModelError) and "no kNN datastore" in str(stale.exception)
+    gone = json.loads(runner.invoke(cli, auto + ["--model", str(model_dir)]).output)
+    assert gone["knn_lambda"] == 0.0 and not gone["notes"]

@@ -329,9 +329,9 @@ def train_cmd(recipe, resume, until_step, export_latest, quiet, **overrides):
 @click.option("--mode", type=click.Choice(["bm25", "hybrid"]), default="bm25", show_default=True,
               help="Retrieval: BM25, or BM25 fused with dense embeddings.")
 @click.option("--repocoder", is_flag=True, help="Retrieve again with the first draft appended.")
-@click.option("--knn-lambda", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Weight of the index's kNN datastore in the next-token distribution "
-                   "(0.9 suits the shipped model).")
+@click.option("--knn-lambda", type=click.FloatRange(0, 1), default=None,
+              help="Weight of the index's kNN datastore in the next-token distribution; 0 turns "
+                   "it off [default: 0.9 when the index has a datastore built by the model].")
 @click.option("--no-ngram-cache", is_flag=True,
               help="Do not mix in what followed the last tokens elsewhere in the file and the "
                    "retrieved chunks (its weights suit the shipped model).")

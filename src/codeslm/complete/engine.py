@@ -22,6 +22,9 @@ from codeslm.errors import CodeslmError, IndexFormatError, ModelError
 from codeslm.model.ngram_cache import NgramCache
 
 MODES = ("bm25", "hybrid")
+# Weight of an index's kNN datastore when the settings leave it to the engine. Chosen for the
+# shipped model on validation-split packages (`eval/engine_sweep.py --set knn_lambda=...`).
+DEFAULT_KNN_LAMBDA = 0.9
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,21 @@ class CompletionSettings:
     context_share: float = 0.5  # of the prompt kept for retrieved chunks (as much as they need)
     max_new_tokens: int | None = None  # None: 48 for a line, 160 for a block
     line_budget_ms: float | None = 250.0  # after this, finish the current line and stop
-    knn_lambda: float = 0.0
+    # Weight of the index's kNN datastore; None: DEFAULT_KNN_LAMBDA when the engine has one built
+    # by its model, else off.
+    knn_lambda: float | None = None
     ngram_cache: bool = True  # mix in what followed the last tokens in the file and chunks
     cache_size: int = 64  # keystroke cache entries
 
     def chunks_wanted(self) -> int:
         """Chunks to retrieve: the prompt's, and more when the n-gram cache reads more."""
         return max(self.k, self.cache_k) if self.ngram_cache else self.k
+
+    def knn_weight(self, has_datastore: bool) -> float:
+        """The kNN datastore's weight for an engine that has one (or not)."""
+        if not has_datastore:
+            return 0.0
+        return DEFAULT_KNN_LAMBDA if self.knn_lambda is None else self.knn_lambda
 
     def new_tokens(self) -> int:
         if self.max_new_tokens is not None:
@@ -93,6 +104,7 @@ class CompletionResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     from_cache: bool = False
     stop_reason: str = ""
+    knn_lambda: float = 0.0  # weight the kNN datastore had
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -137,19 +149,19 @@ class CompletionEngine:
     """
 
     def __init__(self, model, tokenizer, index=None, settings: CompletionSettings = CompletionSettings(),
-                 knn=None, index_problem: str | None = None):
+                 knn=None, problems: Sequence[str] = ()):
         if settings.mode not in MODES:
             raise CodeslmError(f"unknown retrieval mode {settings.mode!r}; use one of {', '.join(MODES)}")
         self.template = require_fim(tokenizer)
         self.model = model
         self.tokenizer = tokenizer
         self.index = index
-        self.settings = settings
-        self.index_problem = index_problem
-        self.knn = knn
+        self.settings = replace(settings, knn_lambda=settings.knn_weight(knn is not None))
+        self.problems = list(problems)  # said in every result's notes
+        self.knn = knn if self.settings.knn_lambda > 0 else None
         self.repo_root = Path(index.manifest.repo) if index is not None else None
         self.repo_name = self.repo_root.name if self.repo_root is not None else None
-        self.decoder = CachedDecoder(model, tokenizer, knn, settings.knn_lambda)
+        self.decoder = CachedDecoder(model, tokenizer, self.knn, self.settings.knn_lambda)
         self._recent: OrderedDict[int, _Remembered] = OrderedDict()
         self._n = 0
 
@@ -159,27 +171,34 @@ class CompletionEngine:
         """Load a model directory (default: the shipped checkpoint) and, if given, an index.
 
         An index that is missing or unreadable does not stop completion: the engine completes
-        without retrieval and says why in every result's notes.
+        without retrieval and says why in every result's notes. The index's kNN datastore is used
+        when `settings.knn_lambda` asks for it (an error if it cannot be) or, left at None, when
+        the index has one this model built (a note says why one that exists was not used).
         """
+        from codeslm.model.knn import KnnDatastore
         from codeslm.model.loading import load_model
 
         model, tokenizer = load_model(model_dir, device=device)
-        index, problem = None, None
-        if index_dir is not None and (settings.retrieval or settings.knn_lambda > 0):
+        index, problems = None, []
+        explicit_knn = bool(settings.knn_lambda)
+        if index_dir is not None and (settings.retrieval or explicit_knn):
             from codeslm.index import Index
 
             try:
                 index = Index.open(index_dir)
             except IndexFormatError as e:
-                problem = f"completed without retrieval: {e}"
+                problems.append(f"completed without retrieval: {e}")
         knn = None
-        if settings.knn_lambda > 0:
+        if explicit_knn:
             if index_dir is None:
                 raise CodeslmError("--knn-lambda needs an index built with `codeslm index --knn`")
-            from codeslm.model.knn import KnnDatastore
-
             knn = KnnDatastore.load(Path(index_dir), model)
-        return cls(model, tokenizer, index, settings, knn, problem)
+        elif settings.knn_lambda is None and index is not None and KnnDatastore.exists(index_dir):
+            try:
+                knn = KnnDatastore.load(Path(index_dir), model)
+            except ModelError as e:
+                problems.append(f"completed without the kNN datastore: {e}")
+        return cls(model, tokenizer, index, settings, knn, problems)
 
     # Public entry points ------------------------------------------------------------------
 
@@ -232,7 +251,7 @@ class CompletionEngine:
         from codeslm.chunking import language_for
         from codeslm.chunking.languages import DOC_LANGUAGES, parser_for
 
-        notes = [self.index_problem] if self.index_problem else []
+        notes = list(self.problems)
         language = request.language or language_for(request.path or "untitled")
         if language not in DOC_LANGUAGES and parser_for(language) is None:
             kind = Path(request.path).suffix or language
@@ -282,6 +301,7 @@ class CompletionEngine:
             new_tokens=stats.new_tokens,
             timings_ms=timings,
             stop_reason=stats.stop_reason,
+            knn_lambda=settings.knn_lambda,
             notes=notes,
         )
 

@@ -189,7 +189,7 @@ def _engines(variants, model, tokenizer, index, index_path: Path, k: int) -> dic
     for variant in variants:
         settings = CompletionSettings(k=k, line_budget_ms=None, **ENGINE_VARIANTS[variant])
         engines[f"engine ({variant})"] = CompletionEngine(
-            model, tokenizer, index, settings, knn if settings.knn_lambda > 0 else None)
+            model, tokenizer, index, settings, knn if settings.knn_lambda else None)
     return engines
 
 

@@ -179,13 +179,18 @@ class KnnDatastore:
         shutil.rmtree(old, ignore_errors=True)
         return final
 
+    @staticmethod
+    def exists(index_dir: str | Path) -> bool:
+        """Whether `index_dir` holds a datastore (of whatever model)."""
+        return (Path(index_dir) / KNN_DIR / "knn.json").is_file()
+
     @classmethod
     def load(cls, index_dir: Path, model) -> KnnDatastore:
         """The datastore of `index_dir`; `ModelError` if it is missing or `model` did not build it."""
         import faiss
 
         where = Path(index_dir) / KNN_DIR
-        if not (where / "knn.json").is_file():
+        if not cls.exists(index_dir):
             raise ModelError(
                 f"{index_dir} has no kNN datastore; build one with `codeslm index REPO --knn`"
             )
