@@ -9,11 +9,13 @@ included), prefill and decode, and writes `eval/results/bench-complete-<time>/re
 
 Usage: python eval/bench_complete.py [--model DIR] [--index-dir DIR] [--positions 200]
        [--knn-lambda 0.9]   (with an index built with `codeslm index --knn`)
+       [--beams 1]          (greedy decoding instead of the engine's default beam search)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -69,6 +71,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--knn-lambda", type=float, default=0.0,
                         help="Mix in the index's kNN datastore (`codeslm index --knn`) at this weight.")
+    parser.add_argument("--beams", type=int, default=None,
+                        help="Hypotheses beam search keeps (1: greedy) [default: the engine's].")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; one token at a time is fastest on one thread.")
     args = parser.parse_args()
@@ -95,7 +99,10 @@ def main() -> None:
         build_index(repo, index_dir, dense=False, progress=False)
 
     model_dir = args.model or default_model_dir()
-    engine = CompletionEngine.open(model_dir, index_dir, CompletionSettings(knn_lambda=args.knn_lambda))
+    settings = CompletionSettings(knn_lambda=args.knn_lambda)
+    if args.beams is not None:
+        settings = dataclasses.replace(settings, beams=args.beams)
+    engine = CompletionEngine.open(model_dir, index_dir, settings)
     index = engine.index
     cursors = sample_cursors(index, args.positions, args.seed)
 
@@ -148,6 +155,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({
         "model": str(model_dir), "index": str(index_dir), "knn_lambda": args.knn_lambda,
+        "beams": engine.settings.beams,
         "positions": len(cursors), "seed": args.seed,
         "torch_threads": torch.get_num_threads(), "warm_cache_hits": warm_hits,
         "empty_suggestions": sum(n == 0 for n in lengths), "median_suggestion_chars": float(np.median(lengths)),

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-from completion_fixtures import train_nano_model, write_repo
+from completion_fixtures import caller_prefix, chunk_text, train_nano_model, write_repo
 
 from codeslm.complete import (
     CompletionEngine,
@@ -70,6 +70,49 @@ def test_completion_uses_an_identifier_only_a_retrieved_chunk_holds(nano, repo):
     assert result.text == " frobnicate(widget)"
     blind = engine_for(nano, index, retrieval=False).complete_file(root / file, line, col)
     assert "frobnicate" not in blind.text and blind.retrieved == []
+
+
+def test_beam_search_finds_the_most_probable_text_and_keeps_the_prompt_cache(nano, repo):
+    """With as many beams as tokens, two steps of beam search are exhaustive: its text is the most
+    probable of all one- and two-token continuations, found here by brute force."""
+    import torch
+
+    from codeslm.complete.decode import CachedDecoder
+    from codeslm.model.prompt import build_prompt
+
+    model, tokenizer = nano
+    root, _, index = repo
+    file, line, col = CURSOR
+    greedy = engine_for(nano, index, beams=1).complete_file(root / file, line, col)
+    beam = engine_for(nano, index, beams=4).complete_file(root / file, line, col)
+    assert greedy.text == beam.text == " frobnicate(widget)" and beam.stop_reason == "end_of_text"
+
+    prompt = build_prompt(tokenizer, caller_prefix("sort", "gadget"), "\n",
+                          [("helpers.py", chunk_text("zanzibar", "sort", "gadget"))], "demo", max_tokens=256)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    decoder = CachedDecoder(model, tokenizer)
+    vocab = len(tokenizer)
+    text, stats = decoder.generate(ids, max_new_tokens=2, stop=lambda t: (t, False), beams=vocab)
+
+    with torch.inference_mode():
+        first = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+        rows = torch.tensor([ids + [t] for t in range(vocab)])
+        second = torch.log_softmax(model(input_ids=rows).logits[:, -1].float(), -1)
+        first[decoder.banned] = second[:, decoder.banned] = float("-inf")
+    best = (float("-inf"), None)
+    for t1 in range(vocab):
+        if t1 in decoder.stop_ids:
+            best = max(best, (float(first[t1]), []), key=lambda b: b[0])
+            continue
+        t2 = int(second[t1].argmax())
+        best = max(best, (float(first[t1] + second[t1, t2]), [t1] if t2 in decoder.stop_ids else [t1, t2]),
+                   key=lambda b: b[0])
+    assert text == tokenizer.decode(best[1]) and stats.new_tokens == len(best[1])
+
+    # The search leaves the prompt's keys and values for the next call, and nothing else.
+    greedy, again = decoder.generate(ids, max_new_tokens=8, stop=lambda t: (t, False))
+    assert again.reused_tokens == len(ids) - 1
+    assert greedy == CachedDecoder(model, tokenizer).generate(ids, max_new_tokens=8, stop=lambda t: (t, False))[0]
 
 
 def test_engine_plugs_into_the_evaluation_harness_as_a_completer(nano, repo):

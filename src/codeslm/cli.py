@@ -332,6 +332,8 @@ def train_cmd(recipe, resume, until_step, export_latest, quiet, **overrides):
 @click.option("--knn-lambda", type=click.FloatRange(0, 1), default=None,
               help="Weight of the index's kNN datastore in the next-token distribution; 0 turns "
                    "it off [default: 0.9 when the index has a datastore built by the model].")
+@click.option("--beams", type=click.IntRange(min=1), default=None,
+              help="Hypotheses beam search keeps; 1 decodes greedily [default: the engine's].")
 @click.option("--no-ngram-cache", is_flag=True,
               help="Do not mix in what followed the last tokens elsewhere in the file and the "
                    "retrieved chunks (its weights suit the shipped model).")
@@ -341,8 +343,9 @@ def train_cmd(recipe, resume, until_step, export_latest, quiet, **overrides):
 @click.option("--json", "as_json", is_flag=True,
               help="Print the completion with retrieved chunks, prompt size and time split.")
 def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval, mode, repocoder,
-                 knn_lambda, no_ngram_cache, device, threads, as_json):
+                 knn_lambda, beams, no_ngram_cache, device, threads, as_json):
     """Complete the code in FILE at --line/--col with retrieval from the repository's index."""
+    import dataclasses
     import json
 
     import torch
@@ -359,6 +362,8 @@ def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval,
     settings = CompletionSettings(multiline=multiline, retrieval=not no_retrieval, mode=mode,
                                   repocoder=repocoder, knn_lambda=knn_lambda,
                                   ngram_cache=not no_ngram_cache)
+    if beams is not None:
+        settings = dataclasses.replace(settings, beams=beams)
     engine = CompletionEngine.open(model_dir, index_dir, settings, device=device)
     result = engine.complete_file(file, line, col)
     if index_dir is None and not no_retrieval:

@@ -1,4 +1,5 @@
-"""Greedy decoding for completions: KV-cache reuse across requests, token healing, stop rules.
+"""Decoding for completions (greedy or beam search): KV-cache reuse across requests, token
+healing, stop rules.
 
 Consecutive requests share most of their prompt (retrieved chunks, the start of the file), so
 the decoder keeps the KV cache of its last call and prefills only the tokens after the longest
@@ -41,7 +42,8 @@ class DecodeStats:
 
 
 class CachedDecoder:
-    """Greedy decoding that reuses the KV cache of the prompt prefix shared with the last call.
+    """Greedy or beam-search decoding that reuses the KV cache of the prompt prefix shared with the
+    last call.
 
     `knn` (a `codeslm.model.knn.KnnDatastore`) with `knn_lambda > 0` mixes the datastore's
     next-token distribution into the model's at every step.
@@ -86,21 +88,43 @@ class CachedDecoder:
         ok = [bool(t) and (remaining.startswith(t) or t.startswith(remaining)) for t in self.token_texts]
         return torch.tensor(ok)
 
-    def _forward(self, ids: list[int]):
+    def _step(self, rows: list[list[int]]) -> torch.Tensor:
+        """Next-token log-probabilities (B, V) after `rows` (one per cached sequence, equal lengths),
+        with the kNN datastore mixed in."""
         out = self.model(
-            input_ids=torch.tensor([ids], device=self.device),
+            input_ids=torch.tensor(rows, device=self.device),
             past_key_values=self._cache,
             use_cache=True,
             output_hidden_states=self.knn_lambda > 0,
             logits_to_keep=1,
         )
         self._cache = out.past_key_values
-        self._ids += ids
-        logits = out.logits[0, -1].float()
+        log_probs = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()
         if self.knn_lambda > 0:
-            hidden = out.hidden_states[-1][0, -1].float()
-            return self.knn.interpolate(torch.log_softmax(logits, -1).cpu(), hidden.cpu(), self.knn_lambda)
-        return logits.cpu()
+            hidden = out.hidden_states[-1][:, -1].float().cpu()
+            log_probs = torch.stack([self.knn.interpolate(row, h, self.knn_lambda)
+                                     for row, h in zip(log_probs, hidden, strict=True)])
+        return log_probs
+
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        log_probs = self._step([ids])[0]
+        self._ids += ids
+        return log_probs
+
+    def _scores(self, log_probs: torch.Tensor, text: str, forced: str,
+                ngram: NgramCache | None) -> torch.Tensor | None:
+        """Log-probabilities of the token after `text`: the n-gram cache mixed in, tokens that
+        break `forced` or that only prompts hold ruled out; None when no token fits `forced`."""
+        if ngram is not None:
+            log_probs = ngram.mix(log_probs)
+        remaining = forced[len(text):] if len(text) < len(forced) else ""
+        if remaining:
+            allowed = self._allowed(remaining)
+            if not allowed.any():
+                return None
+            log_probs = log_probs.masked_fill(~allowed, float("-inf"))
+        log_probs[self.banned] = float("-inf")
+        return log_probs
 
     def _prefill(self, ids: list[int], stats: DecodeStats) -> torch.Tensor:
         from transformers import DynamicCache
@@ -128,33 +152,35 @@ class CachedDecoder:
         forced: str = "",
         line_deadline: float | None = None,
         ngram: NgramCache | None = None,
+        beams: int = 1,
+        length_penalty: float = 0.0,
     ) -> tuple[str, DecodeStats]:
         """Text after prompt `ids`, starting with `forced`, cut where `stop` says it ends.
 
         `stop` sees the text after `forced`. Once `time.perf_counter()` passes `line_deadline`,
         generation ends at the next line end. `ngram`, whose history ends where the prompt's
         text before the cursor does, is mixed into every step and extended by each new token.
-        Returns the text after `forced`.
+        `beams` > 1 searches that many hypotheses for the most probable text instead of taking
+        the most probable token at each step. Returns the text after `forced`.
         """
         stats = DecodeStats(prompt_tokens=len(ids))
         started = time.perf_counter()
-        logits = self._prefill(ids, stats)
+        log_probs = self._prefill(ids, stats)
         stats.prefill_s = time.perf_counter() - started
+        if beams > 1:
+            text = self._beam_search(log_probs, beams, max_new_tokens, stop, forced, line_deadline,
+                                     ngram, stats, length_penalty)
+            stats.decode_s = time.perf_counter() - started - stats.prefill_s
+            return text[len(forced):], stats
         new: list[int] = []
         text = ""
         stats.stop_reason = "max_new_tokens"
         for _ in range(max_new_tokens):
-            remaining = forced[len(text):] if len(text) < len(forced) else ""
-            if ngram is not None:
-                logits = ngram.mix(torch.log_softmax(logits, -1))
-            if remaining:
-                allowed = self._allowed(remaining)
-                if not allowed.any():
-                    stats.stop_reason = "unhealable"
-                    break
-                logits = logits.masked_fill(~allowed, float("-inf"))
-            logits[self.banned] = float("-inf")
-            token = int(logits.argmax())
+            scores = self._scores(log_probs, text, forced, ngram)
+            if scores is None:
+                stats.stop_reason = "unhealable"
+                break
+            token = int(scores.argmax())
             if token in self.stop_ids:
                 stats.stop_reason = "end_of_text"
                 break
@@ -172,7 +198,97 @@ class CachedDecoder:
                     text = forced + text[len(forced):].rsplit("\n", 1)[0]
                     stats.stop_reason = "time_budget"
                     break
-            logits = self._forward([token])
+            log_probs = self._forward([token])
         stats.new_tokens = len(new)
         stats.decode_s = time.perf_counter() - started - stats.prefill_s
         return text[len(forced):], stats
+
+    def _beam_search(self, log_probs, beams, max_new_tokens, stop, forced, line_deadline, ngram,
+                     stats: DecodeStats, length_penalty: float = 0.0) -> str:
+        """The most probable text (with `forced`) of `beams` hypotheses kept at each step.
+
+        A hypothesis ends at an end-of-text token or where `stop` says; the search ends once no
+        open one can beat the best ended one (scores are sums of log-probabilities, so they only
+        fall). With `length_penalty` α > 0 ended hypotheses compete by score / tokens^α, and the
+        search ends once the best open one, so scored, falls below the best ended one.
+        Afterwards the KV cache holds the prompt alone again, for the next request.
+        """
+        prompt = list(self._ids)
+        open_ = [_Hypothesis([], 0.0, "", ngram)]
+        rows = log_probs.unsqueeze(0)
+        ended: list[tuple[float, str, str, int]] = []  # (score, text, stop reason, tokens)
+
+        def rank(score: float, tokens: int) -> float:
+            return score / max(tokens, 1) ** length_penalty
+
+        try:
+            for step in range(max_new_tokens):
+                candidates = []
+                for i, hyp in enumerate(open_):
+                    scores = self._scores(rows[i], hyp.text, forced, hyp.ngram)
+                    if scores is None:
+                        continue
+                    top = torch.topk(scores, beams)
+                    candidates += [(hyp.score + v, i, t) for v, t in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+                                   if v > float("-inf")]
+                candidates.sort(key=lambda c: c[0], reverse=True)
+                parents, kept = [], []
+                for score, i, token in candidates:
+                    if len(kept) == beams:
+                        break
+                    hyp = open_[i]
+                    if token in self.stop_ids:
+                        if len(hyp.text) >= len(forced):
+                            ended.append((rank(score, len(hyp.tokens) + 1), hyp.text, "end_of_text",
+                                          len(hyp.tokens)))
+                        continue
+                    tokens = hyp.tokens + [token]
+                    text = self.tokenizer.decode(tokens, skip_special_tokens=False)
+                    if len(text) >= len(forced):
+                        body, done = stop(text[len(forced):])
+                        if done:
+                            ended.append((rank(score, len(tokens)), forced + body, "stop_rule", len(tokens)))
+                            continue
+                    cache = hyp.ngram.fork() if hyp.ngram is not None else None
+                    if cache is not None:
+                        cache.append(token)
+                    kept.append(_Hypothesis(tokens, score, text, cache))
+                    parents.append(i)
+                best_ended = max(ended, key=lambda e: e[0]) if ended else None
+                if not kept or (best_ended and best_ended[0] >= rank(kept[0].score, len(kept[0].tokens))):
+                    break
+                if line_deadline is not None and time.perf_counter() > line_deadline:
+                    lead = kept[0].text[len(forced):]
+                    if best_ended is None and "\n" in lead:
+                        ended.append((rank(kept[0].score, len(kept[0].tokens)),
+                                      forced + lead.rsplit("\n", 1)[0], "time_budget", len(kept[0].tokens)))
+                    if ended:
+                        break
+                open_ = kept
+                if step + 1 < max_new_tokens:
+                    self._cache.reorder_cache(torch.tensor(parents, device=self.device))
+                    rows = self._step([[hyp.tokens[-1]] for hyp in kept])
+            else:  # out of tokens: the open hypotheses compete as they are
+                ended += [(rank(h.score, len(h.tokens)), h.text, "max_new_tokens", len(h.tokens))
+                          for h in open_ if len(h.text) >= len(forced)]
+        finally:
+            self._cache.batch_select_indices(torch.tensor([0], device=self.device))
+            extra = self._cache.get_seq_length() - len(prompt)
+            if extra:
+                self._cache.crop(-extra)  # a negative count removes that many
+            self._ids = prompt
+        if ended:
+            _, text, reason, n = max(ended, key=lambda e: e[0])
+        else:
+            text, reason, n = forced, "unhealable", 0
+        stats.stop_reason = reason
+        stats.new_tokens = n
+        return text if len(text) >= len(forced) else forced
+
+
+@dataclass
+class _Hypothesis:
+    tokens: list[int]
+    score: float  # summed log-probability
+    text: str
+    ngram: NgramCache | None

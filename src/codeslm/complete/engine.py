@@ -44,6 +44,10 @@ class CompletionSettings:
     context_share: float = 0.5  # of the prompt kept for retrieved chunks (as much as they need)
     max_new_tokens: int | None = None  # None: 48 for a line, 160 for a block
     line_budget_ms: float | None = 250.0  # after this, finish the current line and stop
+    # Beam search: hypotheses kept (1 decodes greedily); ended texts rank by log-probability /
+    # tokens^length_penalty. Chosen on validation-split packages (`eval/engine_sweep.py`).
+    beams: int = 4
+    length_penalty: float = 0.5
     # Weight of the index's kNN datastore; None: DEFAULT_KNN_LAMBDA when the engine has one built
     # by its model, else off.
     knn_lambda: float | None = None
@@ -152,6 +156,8 @@ class CompletionEngine:
                  knn=None, problems: Sequence[str] = ()):
         if settings.mode not in MODES:
             raise CodeslmError(f"unknown retrieval mode {settings.mode!r}; use one of {', '.join(MODES)}")
+        if settings.beams < 1:
+            raise CodeslmError(f"beams must be 1 or more (got {settings.beams})")
         self.template = require_fim(tokenizer)
         self.model = model
         self.tokenizer = tokenizer
@@ -329,7 +335,8 @@ class CompletionEngine:
             deadline = time.perf_counter() + settings.line_budget_ms / 1000
         text, stats = self.decoder.generate(
             ids, max_new_tokens=settings.new_tokens(), stop=rule.apply, forced=fragment,
-            line_deadline=deadline, ngram=ngram,
+            line_deadline=deadline, ngram=ngram, beams=settings.beams,
+            length_penalty=settings.length_penalty,
         )
         return text, stats, prompt_ms
 

@@ -61,6 +61,13 @@ class NgramCache:
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         return cls(ids[:-1], ids[-1], skip_ids=tokenizer.all_special_ids)
 
+    def fork(self) -> NgramCache:
+        """An independent copy, for a second continuation of the same history."""
+        twin = object.__new__(NgramCache)
+        twin.__dict__.update(self.__dict__)
+        twin._ids = self._ids.copy()
+        return twin
+
     def append(self, token: int) -> None:
         """Extend the history by one (generated) token."""
         if self._len == len(self._ids):
