@@ -155,7 +155,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({
         "model": str(model_dir), "index": str(index_dir), "knn_lambda": args.knn_lambda,
-        "beams": engine.settings.beams,
+        "beams": engine.settings.beam_count(),
         "positions": len(cursors), "seed": args.seed,
         "torch_threads": torch.get_num_threads(), "warm_cache_hits": warm_hits,
         "empty_suggestions": sum(n == 0 for n in lengths), "median_suggestion_chars": float(np.median(lengths)),

@@ -83,6 +83,8 @@ def test_beam_search_finds_the_most_probable_text_and_keeps_the_prompt_cache(nan
     model, tokenizer = nano
     root, _, index = repo
     file, line, col = CURSOR
+    assert CompletionSettings().beam_count() == 4  # lines: beam search
+    assert CompletionSettings(multiline=True).beam_count() == 1  # blocks: greedy unless asked
     greedy = engine_for(nano, index, beams=1).complete_file(root / file, line, col)
     beam = engine_for(nano, index, beams=4).complete_file(root / file, line, col)
     assert greedy.text == beam.text == " frobnicate(widget)" and beam.stop_reason == "end_of_text"

@@ -333,7 +333,8 @@ def train_cmd(recipe, resume, until_step, export_latest, quiet, **overrides):
               help="Weight of the index's kNN datastore in the next-token distribution; 0 turns "
                    "it off [default: 0.9 when the index has a datastore built by the model].")
 @click.option("--beams", type=click.IntRange(min=1), default=None,
-              help="Hypotheses beam search keeps; 1 decodes greedily [default: the engine's].")
+              help="Hypotheses beam search keeps; 1 decodes greedily [default: 4 for a line, 1 "
+                   "for a block].")
 @click.option("--no-ngram-cache", is_flag=True,
               help="Do not mix in what followed the last tokens elsewhere in the file and the "
                    "retrieved chunks (its weights suit the shipped model).")

@@ -44,9 +44,10 @@ class CompletionSettings:
     context_share: float = 0.5  # of the prompt kept for retrieved chunks (as much as they need)
     max_new_tokens: int | None = None  # None: 48 for a line, 160 for a block
     line_budget_ms: float | None = 250.0  # after this, finish the current line and stop
-    # Beam search: hypotheses kept (1 decodes greedily); ended texts rank by log-probability /
-    # tokens^length_penalty. Chosen on validation-split packages (`eval/engine_sweep.py`).
-    beams: int = 4
+    # Beam search: hypotheses kept (1 decodes greedily; None: 4 for a line, 1 for a block); ended
+    # texts rank by log-probability / tokens^length_penalty. Chosen for lines on
+    # validation-split packages (`eval/engine_sweep.py`); blocks were not measured.
+    beams: int | None = None
     length_penalty: float = 0.5
     # Weight of the index's kNN datastore; None: DEFAULT_KNN_LAMBDA when the engine has one built
     # by its model, else off.
@@ -63,6 +64,11 @@ class CompletionSettings:
         if not has_datastore:
             return 0.0
         return DEFAULT_KNN_LAMBDA if self.knn_lambda is None else self.knn_lambda
+
+    def beam_count(self) -> int:
+        if self.beams is not None:
+            return self.beams
+        return 1 if self.multiline else 4
 
     def new_tokens(self) -> int:
         if self.max_new_tokens is not None:
@@ -156,7 +162,7 @@ class CompletionEngine:
                  knn=None, problems: Sequence[str] = ()):
         if settings.mode not in MODES:
             raise CodeslmError(f"unknown retrieval mode {settings.mode!r}; use one of {', '.join(MODES)}")
-        if settings.beams < 1:
+        if settings.beam_count() < 1:
             raise CodeslmError(f"beams must be 1 or more (got {settings.beams})")
         self.template = require_fim(tokenizer)
         self.model = model
@@ -335,7 +341,7 @@ class CompletionEngine:
             deadline = time.perf_counter() + settings.line_budget_ms / 1000
         text, stats = self.decoder.generate(
             ids, max_new_tokens=settings.new_tokens(), stop=rule.apply, forced=fragment,
-            line_deadline=deadline, ngram=ngram, beams=settings.beams,
+            line_deadline=deadline, ngram=ngram, beams=settings.beam_count(),
             length_penalty=settings.length_penalty,
         )
         return text, stats, prompt_ms
