@@ -15,7 +15,6 @@ Usage: python eval/bench_complete.py [--model DIR] [--index-dir DIR] [--position
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random
@@ -99,9 +98,7 @@ def main() -> None:
         build_index(repo, index_dir, dense=False, progress=False)
 
     model_dir = args.model or default_model_dir()
-    settings = CompletionSettings(knn_lambda=args.knn_lambda)
-    if args.beams is not None:
-        settings = dataclasses.replace(settings, beams=args.beams)
+    settings = CompletionSettings(knn_lambda=args.knn_lambda, beams=args.beams)
     engine = CompletionEngine.open(model_dir, index_dir, settings)
     index = engine.index
     cursors = sample_cursors(index, args.positions, args.seed)

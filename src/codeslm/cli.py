@@ -346,7 +346,6 @@ def train_cmd(recipe, resume, until_step, export_latest, quiet, **overrides):
 def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval, mode, repocoder,
                  knn_lambda, beams, no_ngram_cache, device, threads, as_json):
     """Complete the code in FILE at --line/--col with retrieval from the repository's index."""
-    import dataclasses
     import json
 
     import torch
@@ -361,10 +360,8 @@ def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval,
         except click.UsageError:
             index_dir = None
     settings = CompletionSettings(multiline=multiline, retrieval=not no_retrieval, mode=mode,
-                                  repocoder=repocoder, knn_lambda=knn_lambda,
+                                  repocoder=repocoder, knn_lambda=knn_lambda, beams=beams,
                                   ngram_cache=not no_ngram_cache)
-    if beams is not None:
-        settings = dataclasses.replace(settings, beams=beams)
     engine = CompletionEngine.open(model_dir, index_dir, settings, device=device)
     result = engine.complete_file(file, line, col)
     if index_dir is None and not no_retrieval:

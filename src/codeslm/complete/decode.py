@@ -15,6 +15,7 @@ import bisect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -213,55 +214,25 @@ class CachedDecoder:
         search ends once the best open one, so scored, falls below the best ended one.
         Afterwards the KV cache holds the prompt alone again, for the next request.
         """
-        prompt = list(self._ids)
-        open_ = [_Hypothesis([], 0.0, "", ngram)]
-        rows = log_probs.unsqueeze(0)
-        ended: list[tuple[float, str, str, int]] = []  # (score, text, stop reason, tokens)
 
         def rank(score: float, tokens: int) -> float:
             return score / max(tokens, 1) ** length_penalty
 
+        prompt = list(self._ids)
+        open_ = [_Hypothesis([], 0.0, "", ngram)]
+        rows = log_probs.unsqueeze(0)
+        ended: list[_Ended] = []
         try:
             for step in range(max_new_tokens):
-                candidates = []
-                for i, hyp in enumerate(open_):
-                    scores = self._scores(rows[i], hyp.text, forced, hyp.ngram)
-                    if scores is None:
-                        continue
-                    top = torch.topk(scores, beams)
-                    candidates += [(hyp.score + v, i, t) for v, t in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-                                   if v > float("-inf")]
-                candidates.sort(key=lambda c: c[0], reverse=True)
-                parents, kept = [], []
-                for score, i, token in candidates:
-                    if len(kept) == beams:
-                        break
-                    hyp = open_[i]
-                    if token in self.stop_ids:
-                        if len(hyp.text) >= len(forced):
-                            ended.append((rank(score, len(hyp.tokens) + 1), hyp.text, "end_of_text",
-                                          len(hyp.tokens)))
-                        continue
-                    tokens = hyp.tokens + [token]
-                    text = self.tokenizer.decode(tokens, skip_special_tokens=False)
-                    if len(text) >= len(forced):
-                        body, done = stop(text[len(forced):])
-                        if done:
-                            ended.append((rank(score, len(tokens)), forced + body, "stop_rule", len(tokens)))
-                            continue
-                    cache = hyp.ngram.fork() if hyp.ngram is not None else None
-                    if cache is not None:
-                        cache.append(token)
-                    kept.append(_Hypothesis(tokens, score, text, cache))
-                    parents.append(i)
-                best_ended = max(ended, key=lambda e: e[0]) if ended else None
-                if not kept or (best_ended and best_ended[0] >= rank(kept[0].score, len(kept[0].tokens))):
+                kept, parents = self._extend(open_, rows, beams, stop, forced, ended, rank)
+                best = max(e.rank for e in ended) if ended else None
+                if not kept or (best is not None and best >= rank(kept[0].score, len(kept[0].tokens))):
                     break
                 if line_deadline is not None and time.perf_counter() > line_deadline:
                     lead = kept[0].text[len(forced):]
-                    if best_ended is None and "\n" in lead:
-                        ended.append((rank(kept[0].score, len(kept[0].tokens)),
-                                      forced + lead.rsplit("\n", 1)[0], "time_budget", len(kept[0].tokens)))
+                    if best is None and "\n" in lead:
+                        ended.append(_Ended(rank(kept[0].score, len(kept[0].tokens)),
+                                            forced + lead.rsplit("\n", 1)[0], "time_budget", len(kept[0].tokens)))
                     if ended:
                         break
                 open_ = kept
@@ -269,7 +240,7 @@ class CachedDecoder:
                     self._cache.reorder_cache(torch.tensor(parents, device=self.device))
                     rows = self._step([[hyp.tokens[-1]] for hyp in kept])
             else:  # out of tokens: the open hypotheses compete as they are
-                ended += [(rank(h.score, len(h.tokens)), h.text, "max_new_tokens", len(h.tokens))
+                ended += [_Ended(rank(h.score, len(h.tokens)), h.text, "max_new_tokens", len(h.tokens))
                           for h in open_ if len(h.text) >= len(forced)]
         finally:
             self._cache.batch_select_indices(torch.tensor([0], device=self.device))
@@ -277,13 +248,45 @@ class CachedDecoder:
             if extra:
                 self._cache.crop(-extra)  # a negative count removes that many
             self._ids = prompt
-        if ended:
-            _, text, reason, n = max(ended, key=lambda e: e[0])
-        else:
-            text, reason, n = forced, "unhealable", 0
-        stats.stop_reason = reason
-        stats.new_tokens = n
-        return text if len(text) >= len(forced) else forced
+        best_ended = max(ended, key=lambda e: e.rank, default=_Ended(0.0, forced, "unhealable", 0))
+        stats.stop_reason = best_ended.reason
+        stats.new_tokens = best_ended.tokens
+        return best_ended.text
+
+    def _extend(self, open_: list[_Hypothesis], rows: torch.Tensor, beams: int, stop, forced: str,
+                ended: list[_Ended], rank) -> tuple[list[_Hypothesis], list[int]]:
+        """One step of beam search: the `beams` best open continuations of `open_` (whose
+        next-token log-probabilities are `rows`), best first, and the index of each one's parent.
+        Continuations that end go to `ended`."""
+        candidates = []
+        for i, hyp in enumerate(open_):
+            scores = self._scores(rows[i], hyp.text, forced, hyp.ngram)
+            if scores is not None:
+                top = torch.topk(scores, beams)
+                candidates += [(hyp.score + v, i, t) for v, t in zip(top.values.tolist(), top.indices.tolist(),
+                                                                     strict=True) if v > float("-inf")]
+        candidates.sort(key=lambda c: c[0], reverse=True)
+        kept, parents = [], []
+        for score, i, token in candidates:
+            if len(kept) == beams:
+                break
+            hyp = open_[i]
+            if token in self.stop_ids:
+                if len(hyp.text) >= len(forced):
+                    ended.append(_Ended(rank(score, len(hyp.tokens) + 1), hyp.text, "end_of_text", len(hyp.tokens)))
+                continue
+            tokens = hyp.tokens + [token]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=False)
+            body, done = stop(text[len(forced):]) if len(text) >= len(forced) else ("", False)
+            if done:
+                ended.append(_Ended(rank(score, len(tokens)), forced + body, "stop_rule", len(tokens)))
+                continue
+            cache = hyp.ngram.fork() if hyp.ngram is not None else None
+            if cache is not None:
+                cache.append(token)
+            kept.append(_Hypothesis(tokens, score, text, cache))
+            parents.append(i)
+        return kept, parents
 
 
 @dataclass
@@ -292,3 +295,10 @@ class _Hypothesis:
     score: float  # summed log-probability
     text: str
     ngram: NgramCache | None
+
+
+class _Ended(NamedTuple):
+    rank: float  # score / tokens^length_penalty
+    text: str  # with the forced start
+    reason: str
+    tokens: int

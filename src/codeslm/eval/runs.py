@@ -174,7 +174,9 @@ def open_or_build_datastore(index_path: Path, model, tokenizer):
 def _engines(variants, model, tokenizer, index, index_path: Path, k: int) -> dict:
     """One completion engine per variant, sharing the model, the index and the kNN datastore.
 
-    The datastore in `index_path` comes from `open_or_build_datastore`. No per-line time budget: scores must not depend on how busy the machine is.
+    The datastore in `index_path` comes from `open_or_build_datastore`; only variants that
+    weigh it get it (left None, the weight would turn it on). No per-line time budget: scores
+    must not depend on how busy the machine is.
     """
     from codeslm.complete import CompletionEngine, CompletionSettings
 

@@ -19,6 +19,7 @@ But: it does not decode (see `codeslm.complete.decode`).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Sequence
 
@@ -63,9 +64,8 @@ class NgramCache:
 
     def fork(self) -> NgramCache:
         """An independent copy, for a second continuation of the same history."""
-        twin = object.__new__(NgramCache)
-        twin.__dict__.update(self.__dict__)
-        twin._ids = self._ids.copy()
+        twin = copy.copy(self)
+        twin._ids = self._ids[: self._len + 64].copy()  # room for a few tokens; `append` grows it
         return twin
 
     def append(self, token: int) -> None:
