@@ -112,9 +112,9 @@ def test_beam_search_finds_the_most_probable_text_and_keeps_the_prompt_cache(nan
     assert text == tokenizer.decode(best[1]) and stats.new_tokens == len(best[1])
 
     # The search leaves the prompt's keys and values for the next call, and nothing else.
-    greedy, again = decoder.generate(ids, max_new_tokens=8, stop=lambda t: (t, False))
+    after, again = decoder.generate(ids, max_new_tokens=8, stop=lambda t: (t, False))
     assert again.reused_tokens == len(ids) - 1
-    assert greedy == CachedDecoder(model, tokenizer).generate(ids, max_new_tokens=8, stop=lambda t: (t, False))[0]
+    assert after == CachedDecoder(model, tokenizer).generate(ids, max_new_tokens=8, stop=lambda t: (t, False))[0]
 
 
 def test_engine_plugs_into_the_evaluation_harness_as_a_completer(nano, repo):
