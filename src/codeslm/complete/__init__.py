@@ -3,6 +3,7 @@
 But: indexes come from `codeslm.index`, models from `codeslm.model`.
 """
 
+from codeslm.complete.decode import CompletionCancelled
 from codeslm.complete.engine import (
     CompletionEngine,
     CompletionRequest,
@@ -11,5 +12,5 @@ from codeslm.complete.engine import (
     split_at_cursor,
 )
 
-__all__ = ["CompletionEngine", "CompletionRequest", "CompletionResult", "CompletionSettings",
+__all__ = ["CompletionCancelled", "CompletionEngine", "CompletionRequest", "CompletionResult", "CompletionSettings",
            "split_at_cursor"]

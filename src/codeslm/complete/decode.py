@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 
+from codeslm.model.kv_cache import forward_cached
 from codeslm.model.ngram_cache import NgramCache
 from codeslm.model.prompt import fim_template
 
@@ -30,6 +31,10 @@ def stop_token_ids(tokenizer) -> set[int]:
     if tokenizer.eos_token:
         names.add(tokenizer.eos_token)
     return {vocab[t] for t in names if t in vocab}
+
+
+class CompletionCancelled(Exception):
+    """The caller's `cancelled()` said to stop; raised between decode steps."""
 
 
 @dataclass
@@ -92,14 +97,12 @@ class CachedDecoder:
     def _step(self, rows: list[list[int]]) -> torch.Tensor:
         """Next-token log-probabilities (B, V) after `rows` (one per cached sequence, equal lengths),
         with the kNN datastore mixed in."""
-        out = self.model(
+        out, self._cache = forward_cached(
+            self.model, self._cache,
             input_ids=torch.tensor(rows, device=self.device),
-            past_key_values=self._cache,
-            use_cache=True,
             output_hidden_states=self.knn_lambda > 0,
             logits_to_keep=1,
         )
-        self._cache = out.past_key_values
         log_probs = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()
         if self.knn_lambda > 0:
             hidden = out.hidden_states[-1][:, -1].float().cpu()
@@ -155,6 +158,7 @@ class CachedDecoder:
         ngram: NgramCache | None = None,
         beams: int = 1,
         length_penalty: float = 0.0,
+        cancelled: Callable[[], bool] | None = None,
     ) -> tuple[str, DecodeStats]:
         """Text after prompt `ids`, starting with `forced`, cut where `stop` says it ends.
 
@@ -162,21 +166,26 @@ class CachedDecoder:
         generation ends at the next line end. `ngram`, whose history ends where the prompt's
         text before the cursor does, is mixed into every step and extended by each new token.
         `beams` > 1 searches that many hypotheses for the most probable text instead of taking
-        the most probable token at each step. Returns the text after `forced`.
+        the most probable token at each step. `cancelled()`, asked before every step, ends the
+        call with `CompletionCancelled` (the KV cache stays usable for the next call). Returns
+        the text after `forced`.
         """
+        check = cancelled if cancelled is not None else _never
         stats = DecodeStats(prompt_tokens=len(ids))
         started = time.perf_counter()
         log_probs = self._prefill(ids, stats)
         stats.prefill_s = time.perf_counter() - started
         if beams > 1:
             text = self._beam_search(log_probs, beams, max_new_tokens, stop, forced, line_deadline,
-                                     ngram, stats, length_penalty)
+                                     ngram, stats, length_penalty, check)
             stats.decode_s = time.perf_counter() - started - stats.prefill_s
             return text[len(forced):], stats
         new: list[int] = []
         text = ""
         stats.stop_reason = "max_new_tokens"
         for _ in range(max_new_tokens):
+            if check():
+                raise CompletionCancelled
             scores = self._scores(log_probs, text, forced, ngram)
             if scores is None:
                 stats.stop_reason = "unhealable"
@@ -205,7 +214,7 @@ class CachedDecoder:
         return text[len(forced):], stats
 
     def _beam_search(self, log_probs, beams, max_new_tokens, stop, forced, line_deadline, ngram,
-                     stats: DecodeStats, length_penalty: float = 0.0) -> str:
+                     stats: DecodeStats, length_penalty: float = 0.0, cancelled: Callable[[], bool] = lambda: False) -> str:
         """The most probable text (with `forced`) of `beams` hypotheses kept at each step.
 
         A hypothesis ends at an end-of-text token or where `stop` says; the search ends once no
@@ -224,6 +233,8 @@ class CachedDecoder:
         ended: list[_Ended] = []
         try:
             for step in range(max_new_tokens):
+                if cancelled():
+                    raise CompletionCancelled
                 kept, parents = self._extend(open_, rows, beams, stop, forced, ended, rank)
                 best = max(e.rank for e in ended) if ended else None
                 if not kept or (best is not None and best >= rank(kept[0].score, len(kept[0].tokens))):
@@ -287,6 +298,10 @@ class CachedDecoder:
             kept.append(_Hypothesis(tokens, score, text, cache))
             parents.append(i)
         return kept, parents
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass

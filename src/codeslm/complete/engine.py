@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -167,15 +167,28 @@ class CompletionEngine:
         self.template = require_fim(tokenizer)
         self.model = model
         self.tokenizer = tokenizer
-        self.index = index
-        self.settings = replace(settings, knn_lambda=settings.knn_weight(knn is not None))
         self.problems = list(problems)  # said in every result's notes
-        self.knn = knn if self.settings.knn_lambda > 0 else None
-        self.repo_root = Path(index.manifest.repo) if index is not None else None
-        self.repo_name = self.repo_root.name if self.repo_root is not None else None
-        self.decoder = CachedDecoder(model, tokenizer, self.knn, self.settings.knn_lambda)
+        self._knn_asked = settings.knn_lambda
+        self.settings = settings
+        self.decoder = CachedDecoder(model, tokenizer)
         self._recent: OrderedDict[int, _Remembered] = OrderedDict()
         self._n = 0
+        self.use_index(index, knn)
+
+    def use_index(self, index, knn=None) -> None:
+        """Complete from `index` (None: without retrieval) and its kNN datastore from now on.
+
+        A served workspace calls this between completions when its index was updated.
+        """
+        self.index = index
+        self.repo_root = Path(index.manifest.repo) if index is not None else None
+        self.repo_name = self.repo_root.name if self.repo_root is not None else None
+        weight = replace(self.settings, knn_lambda=self._knn_asked).knn_weight(knn is not None)
+        self.settings = replace(self.settings, knn_lambda=weight)
+        self.knn = knn if weight > 0 else None
+        self.decoder.knn = self.knn
+        self.decoder.knn_lambda = weight if self.knn is not None else 0.0
+        self._recent.clear()  # remembered suggestions came from the old index
 
     @classmethod
     def open(cls, model_dir=None, index_dir=None, settings: CompletionSettings = CompletionSettings(),
@@ -214,15 +227,23 @@ class CompletionEngine:
 
     # Public entry points ------------------------------------------------------------------
 
-    def complete(self, request: CompletionRequest, multiline: bool | None = None) -> CompletionResult:
-        """The completion at `request`'s cursor (single-line unless `multiline` or the settings say)."""
+    def complete(self, request: CompletionRequest, multiline: bool | None = None,
+                 cancelled: Callable[[], bool] | None = None,
+                 max_new_tokens: int | None = None) -> CompletionResult:
+        """The completion at `request`'s cursor (single-line unless `multiline` or the settings say).
+
+        `cancelled()`, asked between decode steps, stops the call with `CompletionCancelled`;
+        `max_new_tokens` caps the tokens written below what the settings allow.
+        """
         settings = self.settings if multiline is None else replace(self.settings, multiline=multiline)
+        if max_new_tokens is not None:
+            settings = replace(settings, max_new_tokens=min(max_new_tokens, settings.new_tokens()))
         started = time.perf_counter()
         hit = self._from_cache(request, settings.multiline)
         if hit is not None:
             hit.timings_ms = {"total": (time.perf_counter() - started) * 1000}
             return hit
-        result = self._complete(request, settings, started)
+        result = self._complete(request, settings, started, cancelled)
         self._remember(request, settings.multiline, result)
         return result
 
@@ -259,7 +280,8 @@ class CompletionEngine:
 
     # The pipeline ---------------------------------------------------------------------------
 
-    def _complete(self, request: CompletionRequest, settings: CompletionSettings, started: float):
+    def _complete(self, request: CompletionRequest, settings: CompletionSettings, started: float,
+                  cancelled: Callable[[], bool] | None = None):
         from codeslm.chunking import language_for
         from codeslm.chunking.languages import DOC_LANGUAGES, parser_for
 
@@ -287,7 +309,8 @@ class CompletionEngine:
         hits = self._retrieve(request, prefix + fragment, suffix, settings, notes, draft="")
         timings = {"retrieval": (time.perf_counter() - t) * 1000}
 
-        text, stats, prompt_ms = self._generate(request, prefix, suffix, fragment, hits, rule, settings)
+        text, stats, prompt_ms = self._generate(request, prefix, suffix, fragment, hits, rule, settings,
+                                                cancelled)
         # "prompt" covers the cursor window and the prompt itself.
         timings.update(prompt=window_ms + prompt_ms, prefill=stats.prefill_s * 1000,
                        decode=stats.decode_s * 1000)
@@ -296,7 +319,8 @@ class CompletionEngine:
             t = time.perf_counter()
             hits = self._retrieve(request, prefix + fragment, suffix, settings, notes, draft=text)
             timings["retrieval"] += (time.perf_counter() - t) * 1000
-            text, stats, prompt_ms = self._generate(request, prefix, suffix, fragment, hits, rule, settings)
+            text, stats, prompt_ms = self._generate(request, prefix, suffix, fragment, hits, rule,
+                                                    settings, cancelled)
             timings["prompt"] += prompt_ms
             timings["prefill"] += stats.prefill_s * 1000
             timings["decode"] += stats.decode_s * 1000
@@ -317,7 +341,7 @@ class CompletionEngine:
             notes=notes,
         )
 
-    def _generate(self, request, prefix, suffix, fragment, hits, rule, settings):
+    def _generate(self, request, prefix, suffix, fragment, hits, rule, settings, cancelled=None):
         from codeslm.model.prompt import build_prompt, prompt_budget
 
         t = time.perf_counter()
@@ -342,7 +366,7 @@ class CompletionEngine:
         text, stats = self.decoder.generate(
             ids, max_new_tokens=settings.new_tokens(), stop=rule.apply, forced=fragment,
             line_deadline=deadline, ngram=ngram, beams=settings.beam_count(),
-            length_penalty=settings.length_penalty,
+            length_penalty=settings.length_penalty, cancelled=cancelled,
         )
         return text, stats, prompt_ms
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from codeslm.errors import ModelError
+from codeslm.model.kv_cache import forward_cached
 
 
 def _stop_token_ids(model, tokenizer) -> set[int]:
@@ -98,8 +99,7 @@ def generate(
     new: list[int] = []
     text = ""
     for _ in range(max_new_tokens):
-        out = model(input_ids=input_ids, past_key_values=past, use_cache=True, logits_to_keep=1)
-        past = out.past_key_values
+        out, past = forward_cached(model, past, input_ids=input_ids, logits_to_keep=1)
         logits = out.logits[0, -1].cpu()
         logits[banned] = -math.inf
         token = _next_token(logits, temperature, top_p, generator)
