@@ -570,6 +570,16 @@ def eval_compare_cmd(runs, out_dir):
     click.echo(f"plot: {plot}")
 
 
+def _add_serving_commands() -> None:
+    from codeslm.serve.commands import lsp_cmd, serve_cmd
+
+    cli.add_command(serve_cmd)
+    cli.add_command(lsp_cmd)
+
+
+_add_serving_commands()
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

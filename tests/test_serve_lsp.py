@@ -1,0 +1,174 @@
+"""`codeslm lsp` driven over its stdio by pygls's real LSP client, with the shipped model.
+
+Covers initialize (workspace folders, initializationOptions), didOpen/didChange (full and
+incremental), inline completion (automatic and invoked), `$/cancelRequest`, didSave re-indexing,
+work-done progress, `codeslm/status`, shutdown/exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample-repo"
+
+
+@pytest.fixture()
+def repo(tmp_path) -> Path:
+    root = tmp_path / "repo"
+    shutil.copytree(SAMPLE, root)
+    (root / ".git").mkdir()
+    return root
+
+
+async def start(repo: Path, tmp_path: Path, options: dict | None = None) -> tuple[LanguageClient, dict]:
+    client = LanguageClient("codeslm-test", "1")
+    seen = {"progress": [], "logs": []}
+
+    @client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
+    def create(_params):
+        return None
+
+    @client.feature(types.PROGRESS)
+    def progress(params):
+        seen["progress"].append(params.value)
+
+    @client.feature(types.WINDOW_LOG_MESSAGE)
+    def log(params):
+        seen["logs"].append(params.message)
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    await client.start_io(sys.executable, "-m", "codeslm.cli", "lsp", "--no-dense", env=env)
+    await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(window=types.WindowClientCapabilities(work_done_progress=True)),
+        workspace_folders=[types.WorkspaceFolder(repo.as_uri(), repo.name)],
+        initialization_options=options or {},
+    ))
+    client.initialized(types.InitializedParams())
+    return client, seen
+
+
+def plain(value):
+    """pygls hands custom results back as named tuples; the editors see plain JSON."""
+    if hasattr(value, "_asdict"):
+        return {k: plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+async def status(client) -> dict:
+    return plain(await client.protocol.send_request_async("codeslm/status", None))
+
+
+async def wait_ready(client, timeout: float = 90.0) -> dict:
+    for _ in range(int(timeout / 0.1)):
+        st = await status(client)
+        if st["workspaces"] and all(w["state"] == "ready" for w in st["workspaces"]):
+            return st
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"workspace never became ready: {st}")
+
+
+def open_doc(client, path: Path, text: str, version: int = 1) -> str:
+    uri = path.as_uri()
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri, "python", version, text)))
+    return uri
+
+
+def inline_params(uri: str, line: int, character: int, invoked: bool = False):
+    kind = types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
+    return types.InlineCompletionParams(
+        context=types.InlineCompletionContext(trigger_kind=kind),
+        text_document=types.TextDocumentIdentifier(uri),
+        position=types.Position(line, character),
+    )
+
+
+async def stop(client) -> None:
+    await client.shutdown_async(None)
+    client.exit(None)
+    await asyncio.wait_for(client._server.wait(), 60)  # the server exits on `exit`
+
+
+def test_lsp_inline_completion_change_cancel_save_and_shutdown(repo, tmp_path):
+    async def scenario():
+        client, seen = await start(repo, tmp_path, {"multiline": False})
+        st = await wait_ready(client)
+        assert st["model"] == "codeslm-default" and st["workspaces"][0]["root"] == str(repo.resolve())
+        assert st["workspaces"][0]["chunks"] > 0
+        assert Path(st["workspaces"][0]["index_dir"]).is_relative_to(tmp_path / "cache" / "codeslm")
+
+        # An unsaved buffer: the engine completes its text, not the file on disk.
+        path = repo / "taskq" / "new_module.py"
+        text = "from taskq.config import load_config\n\n\ndef settings(path):\n    config = "
+        uri = open_doc(client, path, text)
+        result = await client.text_document_inline_completion_async(inline_params(uri, 4, 13))
+        assert result is not None and len(result.items) == 1
+        item = result.items[0]
+        assert item.insert_text.strip() and "\n" not in item.insert_text
+        assert item.range.start == item.range.end == types.Position(4, 13)
+
+        # Incremental change: type "load" at the cursor; the completion continues after it.
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            types.VersionedTextDocumentIdentifier(version=2, uri=uri),
+            [types.TextDocumentContentChangePartial(types.Range(types.Position(4, 13), types.Position(4, 13)),
+                                                   "load_")]))
+        again = await client.text_document_inline_completion_async(inline_params(uri, 4, 18))
+        assert again is not None
+        # Invoked by hand: a block may come back.
+        invoked = await client.text_document_inline_completion_async(inline_params(uri, 4, 18, invoked=True))
+        assert invoked is not None
+
+        # A request cancelled by the client answers with an error or nothing, and the next one
+        # answers at normal speed.
+        pending = asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(uri, 3, 0)))
+        await asyncio.sleep(0)
+        pending.cancel()  # pygls's client sends $/cancelRequest
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        fresh = await asyncio.wait_for(client.text_document_inline_completion_async(inline_params(uri, 4, 18)), 30)
+        assert fresh is not None
+
+        # didSave re-indexes: a new function becomes retrievable.
+        before = (await status(client))["workspaces"][0]["chunks"]
+        (repo / "taskq" / "added.py").write_text("def frobnicate_widgets(widgets):\n    return sorted(widgets)\n")
+        client.text_document_did_save(types.DidSaveTextDocumentParams(
+            types.TextDocumentIdentifier((repo / "taskq" / "added.py").as_uri())))
+        for _ in range(100):
+            if (await status(client))["workspaces"][0]["chunks"] > before:
+                break
+            await asyncio.sleep(0.1)
+        assert (await status(client))["workspaces"][0]["chunks"] > before
+        assert (await status(client))["last_latency_ms"] > 0
+
+        kinds = {plain(v).get("kind") if isinstance(plain(v), dict) else v.kind for v in seen["progress"]}
+        assert {"begin", "end"} <= kinds, seen["progress"]
+        await stop(client)
+
+    asyncio.run(scenario())
+
+
+def test_lsp_file_outside_workspace_completes_without_retrieval(repo, tmp_path):
+    async def scenario():
+        client, seen = await start(repo, tmp_path)
+        await wait_ready(client)
+        outside = tmp_path / "elsewhere" / "script.py"
+        uri = open_doc(client, outside, "import os\n\n\ndef main():\n    path = os.")
+        result = await client.text_document_inline_completion_async(inline_params(uri, 4, 14))
+        assert result is not None
+        st = await status(client)
+        assert any("in no workspace" in note for note in st["notes"])
+        assert any("in no workspace" in message for message in seen["logs"])
+        assert not outside.exists()  # never read or written
+        await stop(client)
+
+    asyncio.run(scenario())
