@@ -1,5 +1,5 @@
-# Two commands do all the set-up: `make demo` (install, index the sample repo, search it)
-# and `make test` (install with dev tools, lint, run the tests).
+# Two commands do all the set-up: `make demo` (install, index the sample repo, search it,
+# complete a few cursors) and `make test` (install with dev tools, lint, run the tests).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -24,6 +24,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/codeslm index examples/sample-repo
 	$(BIN)/codeslm search "where is the configuration file parsed" --index-dir index/sample-repo -k 3
+	$(BIN)/python examples/demo.py index/sample-repo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests eval

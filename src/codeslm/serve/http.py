@@ -442,6 +442,32 @@ async def _parse(request: Request, model: type[BaseModel]):
         raise _BadBody(422, "; ".join(problems)) from None
 
 
+class ServerThread:
+    """uvicorn serving `app` on `host:port` in a daemon thread (for tests and benchmarks)."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        import socket
+        import threading
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.url = f"http://{host}:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="codeslm-http")
+        self.thread.start()
+        while not self.server.started and self.thread.is_alive():
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
 def _from_prompt(prompt: str, suffix: str | None, filename: str | None):
     """A `CompletionRequest` (and the file it is in) from a prompt that may be FIM-rendered."""
     split = split_fim_prompt(prompt) if suffix is None else None
