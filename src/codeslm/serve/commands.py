@@ -107,10 +107,14 @@ def serve_cmd(host, port, workspaces, api_key, max_body_bytes, model_dir, index_
             click.echo(f"  workspace {root.resolve()} (index in {where})", err=True)
     try:
         server.run()
+    except KeyboardInterrupt:
+        pass  # uvicorn has shut down on Ctrl-C already and hands the signal back
     finally:
         service.close()
-    if server.started is False:
+    if not server.started:
         raise CodeslmError(f"could not listen on {host}:{port} (in use?)")
+    if not quiet:
+        click.echo("codeslm serve: stopped", err=True)
 
 
 @click.command("lsp")
