@@ -126,7 +126,7 @@ class CompletionService:
         opts = self.options
         return Workspace(root, self.model, self.tokenizer, self.scheduler,
                          index_dir=opts.index_dir if first else None, settings=opts.settings,
-                         dense=opts.dense, knn=opts.knn, watch=opts.watch)
+                         dense=opts.dense, knn=opts.knn, watch=opts.watch, threads=opts.threads)
 
     def close(self) -> None:
         self.workspaces.close()

@@ -75,7 +75,7 @@ class Workspace:
 
     def __init__(self, root: Path, model, tokenizer, scheduler: CompletionScheduler, *,
                  index_dir: Path | None = None, settings: CompletionSettings | None = None,
-                 dense: bool = True, knn: bool = False, watch: bool = True):
+                 dense: bool = True, knn: bool = False, watch: bool = True, threads: int = 1):
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise CodeslmError(f"workspace {self.root} is not a directory")
@@ -83,6 +83,7 @@ class Workspace:
         self.model, self.tokenizer = model, tokenizer
         self.scheduler = scheduler
         self.dense, self.knn, self.watch = dense, knn, watch
+        self.threads = threads  # torch threads for completions
         self.engine = CompletionEngine(model, tokenizer, None, settings or CompletionSettings())
         self.status = WorkspaceStatus(str(self.root), str(self.index_dir), "indexing")
         self.progress = _Progress()
@@ -215,6 +216,7 @@ class Workspace:
         finally:
             self.status.updating = False
             self.status.progress = ""
+            _restore_threads(self.threads)
         changed = not summary.up_to_date or self._generation == 0
         if changed:
             self._switch()
@@ -265,8 +267,10 @@ class Workspace:
         self.scheduler.run_exclusive(swap).result()
 
     def _fail(self, error: Exception) -> None:
-        self.status.state, self.status.error = ("error", str(error)) if self._generation == 0 else (
-            "ready", None)
+        """No index could be built: complete without retrieval and say why. (A workspace that
+        has one keeps serving it.)"""
+        if self._generation == 0:
+            self.status.state, self.status.error = "error", str(error)
         log.error("indexing %s failed: %s", self.root, error)
         self.progress.end(f"indexing failed: {error}")
 
@@ -286,6 +290,15 @@ class Workspace:
                 self._dirty.set()
         except Exception as e:  # noqa: BLE001 - saving in the editor still refreshes the index
             log.warning("not watching %s for changes: %s", self.root, e)
+
+
+def _restore_threads(threads: int) -> None:
+    """Loading the embedding model sets torch's (process-wide) thread count to every core;
+    completions decode one token at a time, fastest on the threads the service was given."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @dataclass
