@@ -112,7 +112,8 @@ def test_lsp_inline_completion_change_cancel_save_and_shutdown(repo, tmp_path):
         text = "from taskq.config import load_config\n\n\ndef settings(path):\n    config = "
         uri = open_doc(client, path, text)
         result = await client.text_document_inline_completion_async(inline_params(uri, 4, 13))
-        assert result is not None and len(result.items) == 1
+        assert result is not None and 1 <= len(result.items) <= 3  # the best, then other beams
+        assert len({i.insert_text for i in result.items}) == len(result.items)
         item = result.items[0]
         assert item.insert_text.strip() and "\n" not in item.insert_text
         assert item.range.start == item.range.end == types.Position(4, 13)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -45,6 +45,8 @@ class DecodeStats:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     stop_reason: str = ""
+    # Other ended hypotheses of a beam search, best first, distinct (texts after `forced`).
+    alternatives: list[str] = field(default_factory=list)
 
 
 class CachedDecoder:
@@ -262,6 +264,11 @@ class CachedDecoder:
         best_ended = max(ended, key=lambda e: e.rank, default=_Ended(0.0, forced, "unhealable", 0))
         stats.stop_reason = best_ended.reason
         stats.new_tokens = best_ended.tokens
+        seen = {best_ended.text}
+        for e in sorted(ended, key=lambda e: e.rank, reverse=True):
+            if e.text not in seen:
+                seen.add(e.text)
+                stats.alternatives.append(e.text[len(forced):])
         return best_ended.text
 
     def _extend(self, open_: list[_Hypothesis], rows: torch.Tensor, beams: int, stop, forced: str,

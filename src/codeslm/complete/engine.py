@@ -116,6 +116,8 @@ class CompletionResult:
     stop_reason: str = ""
     knn_lambda: float = 0.0  # weight the kNN datastore had
     notes: list[str] = field(default_factory=list)
+    # Other completions the beam search ended with, best first (for an editor's "next").
+    alternatives: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -325,9 +327,12 @@ class CompletionEngine:
             timings["prefill"] += stats.prefill_s * 1000
             timings["decode"] += stats.decode_s * 1000
 
-        text = trim_suffix_overlap(text, request.suffix, settings.multiline)
-        if not settings.multiline:
-            text = text.rstrip()
+        def finish(text: str) -> str:
+            text = trim_suffix_overlap(text, request.suffix, settings.multiline)
+            return text if settings.multiline else text.rstrip()
+
+        text = finish(text)
+        alternatives = list(dict.fromkeys(t for t in map(finish, stats.alternatives) if t and t != text))
         timings["total"] = (time.perf_counter() - started) * 1000
         return CompletionResult(
             text=text,
@@ -339,6 +344,7 @@ class CompletionEngine:
             stop_reason=stats.stop_reason,
             knn_lambda=settings.knn_lambda,
             notes=notes,
+            alternatives=alternatives,
         )
 
     def _generate(self, request, prefix, suffix, fragment, hits, rule, settings, cancelled=None):
@@ -460,8 +466,10 @@ class CompletionEngine:
             typed = request.prefix[len(old.prefix):]
             if typed and len(typed) < len(old.text) and old.text.startswith(typed):
                 self._recent.move_to_end(key)
+                rest = [a[len(typed):] for a in old.result.alternatives
+                        if a.startswith(typed) and len(a) > len(typed)]
                 return replace(old.result, text=old.text[len(typed):], from_cache=True,
-                               notes=list(old.result.notes), timings_ms={})
+                               notes=list(old.result.notes), timings_ms={}, alternatives=rest)
         return None
 
     def _remember(self, request: CompletionRequest, multiline: bool, result: CompletionResult) -> None:

@@ -323,8 +323,13 @@ def create_app(service: CompletionService, *, api_key: str | None = None,
             full["stop_type"] = "none"
         if not body.stream:
             reply = select_fields(full, body.response_fields)
-            if getattr(body, "n_cmpl", 1) > 1:
-                return JSONResponse([reply])
+            wanted = getattr(body, "n_cmpl", 1)
+            if wanted > 1:  # the beam search's other ended lines, best first (llama.vscode)
+                others = [cut_at_stop(t, body.stop) for t in result.alternatives]
+                return JSONResponse([reply] + [
+                    select_fields({**full, "index": i, "content": t, "stopping_word": w},
+                                  body.response_fields)
+                    for i, (t, w) in enumerate(others[: wanted - 1], start=1)])
             return JSONResponse(reply)
 
         async def events():
@@ -398,9 +403,11 @@ def create_app(service: CompletionService, *, api_key: str | None = None,
                  "completion_tokens": 0 if cancelled else result.new_tokens}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if not body.stream:
+            texts = [text] + ([] if cancelled else [cut_at_stop(t, stop)[0] for t in result.alternatives])
             return {"id": ident, "object": "text_completion", "created": created,
                     "model": service.model_name,
-                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+                    "choices": [{"text": t, "index": i, "logprobs": None, "finish_reason": finish}
+                                for i, t in enumerate(texts[: body.n])],
                     "usage": usage, "generation_settings": {"ignored": body.ignored()}}
 
         async def events():

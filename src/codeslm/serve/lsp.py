@@ -31,6 +31,7 @@ from codeslm.serve.workspace import Workspace
 log = logging.getLogger("codeslm.serve")
 
 STATUS_REQUEST = "codeslm/status"
+MAX_ITEMS = 3  # the best completion and the beam search's next ended ones
 
 
 class CodeslmLanguageServer(LanguageServer):
@@ -110,11 +111,10 @@ def build_server(service: CompletionService) -> CodeslmLanguageServer:
             if note not in ls._told:
                 ls._told.add(note)
                 ls.window_log_message(types.LogMessageParams(types.MessageType.Info, f"codeslm: {note}"))
-        if not result.text:
-            return types.InlineCompletionList(items=[])
         here = types.Range(params.position, params.position)
-        return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=result.text,
-                                                                            range=here)])
+        texts = [t for t in [result.text, *result.alternatives[: MAX_ITEMS - 1]] if t]
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=t, range=here)
+                                                 for t in texts])
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=False))
     def did_save(ls: CodeslmLanguageServer, params: types.DidSaveTextDocumentParams):
