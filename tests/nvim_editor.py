@@ -173,15 +173,27 @@ class Editor:
             -- 0.10's client methods take no self
             local pre = vim.fn.has("nvim-0.11") == 1 and 1 or 0
             c.request = function(...)
-              if select(1 + pre, ...) == "textDocument/inlineCompletion" then
+              local args = { ... }
+              if args[1 + pre] == "textDocument/inlineCompletion" then
                 vim.g.codeslm_requests = vim.g.codeslm_requests + 1
+                local handler = args[3 + pre]
+                args[3 + pre] = function(err, result, ...)
+                  if not err and result then
+                    vim.g.codeslm_items = #(result.items or result)
+                  end
+                  return handler(err, result, ...)
+                end
               end
-              return request(...)
+              return request(unpack(args, 1, select("#", ...)))
             end
             c.cancel_request = function(...)
               vim.g.codeslm_cancels = vim.g.codeslm_cancels + 1
               return cancel(...)
             end""")
+
+    def items(self) -> int:
+        """How many suggestions the last answer held."""
+        return self.nv.vars.get("codeslm_items", 0)
 
     def requests(self) -> tuple[int, int]:
         return self.nv.vars["codeslm_requests"], self.nv.vars["codeslm_cancels"]

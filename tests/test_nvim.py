@@ -1,8 +1,9 @@
 """The Neovim plugin in a real headless nvim against the real `codeslm lsp` and the shipped model:
 ghost text appears as one types, Tab/accept line/accept word insert it, typing on cancels and asks
-again, typing through keeps the rest, leaving insert mode hides it, no completion outside a
-workspace, and a killed server gives one message. Each runs on Neovim 0.12's built-in inline
-completion and on the plugin's extmarks; the keystroke-to-ghost-text latency is measured too.
+again, typing through keeps the rest, next/previous switch between the server's suggestions,
+leaving insert mode hides it, no completion outside a workspace, and a killed server gives one
+message. Each runs on Neovim 0.12's built-in inline completion and on the plugin's extmarks; the
+keystroke-to-ghost-text latency is measured too.
 """
 
 from __future__ import annotations
@@ -165,6 +166,17 @@ def test_typing_on_cancels_and_asks_again(case):
         ed.type(ch)
         wait_for(lambda: ed.probe()["pending"] > 0, timeout=5, what="a request in flight")
     assert cancelled
+
+
+def test_next_and_previous_suggestion(case):
+    ed = case(DRAIN)
+    first = ed.wait_ghost()
+    assert ed.items() >= 2  # the server's beam search offers other lines here
+    ed.nv.input("<M-]>")
+    second = wait_for(lambda: (g := ed.ghost()) != first and g, timeout=2, what="the next suggestion")
+    assert second.strip()
+    ed.nv.input("<M-[>")
+    wait_for(lambda: ed.ghost() == first, timeout=2, what="the first suggestion again")
 
 
 def test_leaving_insert_mode_hides_it(case):
