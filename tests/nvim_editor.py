@@ -39,7 +39,7 @@ def find_nvim() -> str | None:
     return None
 
 
-def write_init(path: Path, ghost_text: str, extra: str = "") -> None:
+def write_init(path: Path, ghost_text: str, extra: str = "", codeslm: Path | None = None) -> None:
     path.write_text(f"""
 vim.opt.runtimepath:prepend({str(PLUGIN)!r})
 vim.opt.swapfile = false
@@ -76,7 +76,7 @@ function _G.codeslm_probe(ns)
   return out
 end
 require("codeslm").setup({{
-  cmd = {{ {str(CODESLM)!r}, "lsp" }},
+  cmd = {{ {str(codeslm or CODESLM)!r}, "lsp" }},
   args = {{ "--no-dense" }},
   ghost_text = {ghost_text!r},
 }})

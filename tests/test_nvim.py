@@ -1,9 +1,9 @@
 """The Neovim plugin in a real headless nvim against the real `codeslm lsp` and the shipped model:
 ghost text appears as one types, Tab/accept line/accept word insert it, typing on cancels and asks
 again, typing through keeps the rest, next/previous switch between the server's suggestions,
-leaving insert mode hides it, no completion outside a workspace, and a killed server gives one
-message. Each runs on Neovim 0.12's built-in inline completion and on the plugin's extmarks; the
-keystroke-to-ghost-text latency is measured too.
+leaving insert mode hides it, no completion outside a workspace, and a missing executable or a
+killed server gives one message. Each runs on Neovim 0.12's built-in inline completion and on the
+plugin's extmarks; the keystroke-to-ghost-text latency is measured too.
 """
 
 from __future__ import annotations
@@ -225,6 +225,24 @@ def test_server_killed_mid_session_gives_one_message(path, tmp_path, repo, cache
     finally:
         ed.close()
         (repo / "taskq" / "killed.py").unlink(missing_ok=True)
+
+
+def test_missing_executable_gives_one_message(tmp_path, repo, cache):
+    init = tmp_path / "init.lua"
+    write_init(init, "auto", codeslm=tmp_path / "no-such-codeslm")
+    ed = Editor(NVIM, init, editor_env(cache), repo)
+    try:
+        for name in ("a.py", "b.py"):  # a second buffer does not say it again
+            ed.open(repo / "taskq" / f"missing_{name}", "x = 1", served=False)
+            ed.nv.input("<Tab>y")
+            wait_for(lambda: ed.lines()[0].endswith("y"), what="the typed text")
+        messages = [m for m in ed.messages() if "codeslm" in m]
+        assert len(messages) == 1 and "not found" in messages[0], messages
+        assert not ed.lua('return #vim.lsp.get_clients({ name = "codeslm" })')
+    finally:
+        ed.close()
+        for f in (repo / "taskq").glob("missing_*.py"):
+            f.unlink()
 
 
 # New code for the sample repository (nothing there holds it), typed one character at a time.

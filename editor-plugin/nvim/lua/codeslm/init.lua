@@ -51,7 +51,8 @@ local function warn_once(key, msg, level)
     return
   end
   warned[key] = true
-  vim.notify("codeslm: " .. msg, level or vim.log.levels.WARN)
+  -- scheduled: said from an autocommand, an error message would fail the command that ran it
+  vim.schedule(function() vim.notify("codeslm: " .. msg, level or vim.log.levels.WARN) end)
 end
 
 --- The ghost-text implementation in use: "builtin" or "extmark".
