@@ -243,6 +243,13 @@ def train(
             ),
         )
     paths = {i: d.path for i, d in corpus.documents().items()} if contexts is not None else None
+    reading = None
+    if settings.reading_rate > 0:
+        from codeslm.train.reading_rows import cached_reading_examples
+
+        reading = cached_reading_examples(run_dir, corpus, tokenizer, settings.reading_pool,
+                                          settings.reading_per_file, settings.seed,
+                                          settings.seq_len, progress)
     stream = TrainingStream(
         corpus.splits["train"],
         tokenizer,
@@ -250,6 +257,7 @@ def train(
         StreamSettings(**{f.name: getattr(settings, f.name) for f in fields(StreamSettings)}),
         contexts,
         paths,
+        reading,
     )
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     val_rows = validation_rows(corpus.splits["val"], settings.seq_len, settings.eval_rows, eot)

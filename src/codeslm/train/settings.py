@@ -36,6 +36,11 @@ class TrainSettings:
     copy_rate: float = 0.0
     # Share of copy rows whose span is random tokens (what forms induction heads).
     copy_random_share: float = 0.5
+    # Share of rows that are reading rows: an engine-format prompt whose chunks may hold the line
+    # it asks for, loss on that line only (see `codeslm.train.reading_rows`).
+    reading_rate: float = 0.0
+    reading_pool: int = 2000  # training files the reading examples are drawn from
+    reading_per_file: int = 4  # held-out lines per file
     retrieval_pool: int = 4000
     retrieval_k: int = 4
     retrieval_context_tokens: int = 256
@@ -116,7 +121,7 @@ class TrainSettings:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
         for name in ("fim_rate", "spm_rate", "fim_line_rate", "retrieval_rate", "copy_rate",
-                     "copy_random_share", "min_lr_ratio"):
+                     "copy_random_share", "reading_rate", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be between 0 and 1")
         if self.lr <= 0:
@@ -127,6 +132,8 @@ class TrainSettings:
             problems.append(
                 f"retrieval_context_tokens must be between 16 and seq_len/2 = {self.seq_len // 2}"
             )
+        if self.reading_rate > 0 and self.seq_len <= 64 + 48:
+            problems.append("reading rows need seq_len above 112 (the prompt and 48 new tokens)")
         if self.retrieval_query not in ("file", "window"):
             problems.append("retrieval_query must be file or window")
         if self.precision not in ("auto", "fp32", "bf16"):

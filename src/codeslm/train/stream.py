@@ -6,7 +6,9 @@ back. A retrieval row starts with a file's retrieved context (no loss), then tha
 `<file_sep>PATH\\n` and its text), then packed windows fill the rest. A copy row (at `copy_rate`)
 starts with a block holding a span of the very text that follows it, so the model learns to copy
 from its context: without such rows a model this small, trained on this few tokens, forms no
-induction heads and ignores what its prompt and retrieved chunks hold. Everything is drawn from one
+induction heads and ignores what its prompt and retrieved chunks hold. A reading row (at
+`reading_rate`) is one engine-format prompt and the line it asks for (see
+`codeslm.train.reading_rows`), loss on the line only, then packed text. Everything is drawn from one
 seeded generator, and `state()` / `restore()` capture the exact position, so a resumed run sees
 the same rows.
 But: it does not retrieve (see `codeslm.train.retrieval_examples`) or train.
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from codeslm.train.fim import FimIds, to_fim
+from codeslm.train.reading_rows import ReadingExamples
 from codeslm.train.retrieval_examples import RetrievalContexts
 from codeslm.train.shards import Split
 
@@ -38,6 +41,8 @@ class StreamSettings:
     # Share of copy rows whose span is random tokens written over the text: nothing but the
     # block predicts them, which is what makes a small model form induction heads.
     copy_random_share: float = 0.5
+    # Share of rows that are reading rows (an engine prompt, loss on the line it asks for).
+    reading_rate: float = 0.0
 
 
 # Length range of the span a copy row repeats from the text after it.
@@ -54,10 +59,12 @@ class TrainingStream:
         settings: StreamSettings,
         contexts: RetrievalContexts | None = None,
         paths: dict[int, str] | None = None,
+        reading: ReadingExamples | None = None,
     ):
         self.split = split
         self.settings = settings
         self.contexts = contexts if contexts is not None and len(contexts) else None
+        self.reading = reading if reading is not None and len(reading) else None
         self.eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.fim_ids = FimIds.from_tokenizer(tokenizer)
         self.special = np.array(sorted(tokenizer.all_special_ids), dtype=np.int64)
@@ -79,10 +86,12 @@ class TrainingStream:
         self.rng = np.random.default_rng(settings.seed)
         self.epoch = self.pos = self.window = 0
         self.r_epoch = self.r_pos = 0
+        self.rd_epoch = self.rd_pos = 0
         self.buffer = np.zeros(0, dtype=np.int64)
         self.buffer_mask = np.zeros(0, dtype=bool)
         self._order = self._permutation(len(split.docs), 0, 0)
         self._r_order = self._permutation(len(self.contexts) if self.contexts else 0, 1, 0)
+        self._rd_order = self._permutation(len(self.reading) if self.reading else 0, 2, 0)
 
     def _permutation(self, n: int, stream: int, epoch: int) -> np.ndarray:
         return np.random.default_rng((self.settings.seed, stream, epoch)).permutation(n)
@@ -134,6 +143,8 @@ class TrainingStream:
         if self.r_pos == len(self._r_order):
             self.r_epoch, self.r_pos = self.r_epoch + 1, 0
             self._r_order = self._permutation(len(self.contexts), 1, self.r_epoch)
+        if self.reading is not None:
+            self._rd_order = self._permutation(len(self.reading), 2, self.rd_epoch)
         i = int(self._r_order[self.r_pos])
         self.r_pos += 1
         context = self.contexts.context(i).astype(np.int64)
@@ -190,11 +201,29 @@ class TrainingStream:
         mask = np.concatenate([np.zeros(len(head), dtype=bool), rest_mask, more_mask])
         return row, mask
 
+    # Reading rows -------------------------------------------------------------------------
+
+    def _reading_row(self, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """An engine prompt (no loss), the line it asks for (loss), then packed plain text."""
+        if self.rd_pos == len(self._rd_order):
+            self.rd_epoch, self.rd_pos = self.rd_epoch + 1, 0
+            self._rd_order = self._permutation(len(self.reading), 2, self.rd_epoch)
+        ids, target = self.reading.example(int(self._rd_order[self.rd_pos]))
+        self.rd_pos += 1
+        ids = ids.astype(np.int64)
+        mask = np.arange(len(ids)) >= target
+        rest, rest_mask = self._take_plain(width - len(ids))
+        return np.concatenate([ids, rest]), np.concatenate([mask, rest_mask])
+
     # Rows and batches ---------------------------------------------------------------------
 
     def next_row(self) -> tuple[np.ndarray, np.ndarray]:
         """`seq_len + 1` token ids and whether each is a training target."""
         width = self.settings.seq_len + 1
+        # No draw at rate 0, so runs without reading rows keep their exact data order.
+        if self.reading is not None and self.settings.reading_rate > 0 and (
+                self.rng.random() < self.settings.reading_rate):
+            return self._reading_row(width)
         if self.contexts is not None and self.rng.random() < self.settings.retrieval_rate:
             row, mask = self._retrieval_part()
             rest, rest_mask = self._take_plain(width - len(row))
@@ -220,6 +249,8 @@ class TrainingStream:
             "window": self.window,
             "r_epoch": self.r_epoch,
             "r_pos": self.r_pos,
+            "rd_epoch": self.rd_epoch,
+            "rd_pos": self.rd_pos,
             "buffer": torch.from_numpy(self.buffer.copy()),
             "buffer_mask": torch.from_numpy(self.buffer_mask.copy()),
         }
@@ -228,6 +259,8 @@ class TrainingStream:
         self.rng.bit_generator.state = state["rng"]
         self.epoch, self.pos, self.window = state["epoch"], state["pos"], state["window"]
         self.r_epoch, self.r_pos = state["r_epoch"], state["r_pos"]
+        # Checkpoints from before reading rows have no reading position.
+        self.rd_epoch, self.rd_pos = state.get("rd_epoch", 0), state.get("rd_pos", 0)
         self.buffer = state["buffer"].numpy().astype(np.int64)
         self.buffer_mask = state["buffer_mask"].numpy().astype(bool)
         self._order = self._permutation(len(self.split.docs), 0, self.epoch)
