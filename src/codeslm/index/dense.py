@@ -21,6 +21,7 @@ from codeslm.errors import IndexFormatError
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 ENCODE_GROUP = 512  # chunks embedded between cache commits
+SMALL_BATCH = 8  # up to this many texts are embedded on one thread
 
 
 def resolve_embedding_model(name: str | None) -> tuple[str, Path]:
@@ -59,22 +60,24 @@ class Embedder:
         return int(get_dim())
 
     def encode_query(self, text: str) -> np.ndarray:
-        """One query's vector on one thread: a single short input gains nothing from more, and
-        on a busy machine extra threads wait on each other (measured 40x slower on 2 cores)."""
+        return self.encode([text])[0]
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """L2-normalised vectors (N, dim). A few short inputs (a query, the chunks of a saved
+        file) run on one thread: they gain nothing from more, and on a busy machine extra threads
+        wait on each other (a query measured 40x slower on 2 cores, a saved file's chunk 2-3x)."""
         import torch
 
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        if len(texts) <= SMALL_BATCH:
+            torch.set_num_threads(1)
         try:
-            return self.encode([text])[0]
+            vectors = self.model.encode(
+                texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False,
+                convert_to_numpy=True,
+            )
         finally:
             torch.set_num_threads(threads)
-
-    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        vectors = self.model.encode(
-            texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False,
-            convert_to_numpy=True,
-        )
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
 
 
