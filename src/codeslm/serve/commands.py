@@ -81,6 +81,7 @@ def serve_cmd(host, port, workspaces, api_key, max_body_bytes, model_dir, index_
     import uvicorn
 
     from codeslm.serve.http import create_app
+    from codeslm.serve.workspace import cache_index_dir
 
     if not _is_loopback(host) and not api_key:
         raise CodeslmError(f"--host {host} is reachable from other machines: set --api-key KEY "
@@ -103,8 +104,8 @@ def serve_cmd(host, port, workspaces, api_key, max_body_bytes, model_dir, index_
         click.echo(f"codeslm serve: http://{host}:{port} (/infill, /completion, /v1/completions, "
                    f"/health, /v1/models) with {model}", err=True)
         for i, root in enumerate(roots):
-            where = index_dir if (i == 0 and index_dir) else "the cache directory"
-            click.echo(f"  workspace {root.resolve()} (index in {where})", err=True)
+            where = index_dir if (i == 0 and index_dir) else cache_index_dir(root)
+            click.echo(f"  workspace {root.resolve()}, index {where}", err=True)
     try:
         server.run()
     except KeyboardInterrupt:
