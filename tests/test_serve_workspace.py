@@ -60,3 +60,22 @@ def test_an_index_path_that_is_a_file_is_reported_and_completion_goes_on(tmp_pat
     finally:
         ws.close()
         scheduler.close()
+
+
+def test_a_corrupt_index_is_rebuilt(tmp_path):
+    from codeslm.index import build_index
+
+    repo = sample_copy(tmp_path)
+    index_dir = tmp_path / "index"
+    build_index(repo, index_dir, dense=False, progress=False)
+    (index_dir / "manifest.json").write_text("{ not json")
+    model, tokenizer = load_model(None, device="cpu")
+    scheduler = CompletionScheduler()
+    ws = Workspace(repo, model, tokenizer, scheduler, index_dir=index_dir, dense=False, watch=False)
+    ws.start()
+    try:
+        assert wait_for(lambda: ws.status.state != "indexing")
+        assert ws.status.state == "ready" and ws.status.chunks > 0, ws.status
+    finally:
+        ws.close()
+        scheduler.close()

@@ -91,6 +91,7 @@ class Workspace:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._generation = 0  # index generation the engine uses
+        self._rebuild = False  # the index directory holds an unreadable index: build anew
 
     # Lifecycle -----------------------------------------------------------------------------
 
@@ -194,13 +195,14 @@ class Workspace:
                     self._switch()  # serve the last index at once, then catch up
             except IndexFormatError as e:
                 log.warning("rebuilding the index of %s: %s", self.root, e)
+                self._rebuild = True
         if usable or not self.dense:
             self._update(self.dense, "indexing")
         else:
             # BM25 alone takes seconds even for large repositories; embeddings take minutes.
             self._update(False, "indexing (BM25)")
             self._update(True, "embedding chunks")
-        if self.knn:
+        if self.knn and not self.status.knn:  # none yet, or the update dropped it
             self._build_knn()
 
     def _update(self, dense: bool, what: str) -> None:
@@ -212,7 +214,8 @@ class Workspace:
         started = time.perf_counter()
         try:
             summary = build_index(self.root, self.index_dir, dense=dense, progress=False,
-                                  rebuild=self.status.state == "error")
+                                  rebuild=self._rebuild or self.status.state == "error")
+            self._rebuild = False
         finally:
             self.status.updating = False
             self.status.progress = ""
