@@ -243,7 +243,8 @@ def tokenizer_train_cmd(corpus_dir, vocab_size, out_dir):
 @click.option("--n-kv-heads", type=int, default=None, help="Override the preset's key/value heads.")
 @click.option("--d-ff", type=int, default=None, help="Override the preset's MLP width.")
 @click.option("--seq-len", type=int, default=None, help="Tokens per training row.")
-@click.option("--batch-size", type=int, default=None, help="Rows per micro-batch.")
+@click.option("--batch-size", type=int, default=None,
+              help="Rows per micro-batch (of all ranks together under torchrun).")
 @click.option("--grad-accum", type=int, default=None, help="Micro-batches per optimizer step.")
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps (sets the schedule).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
@@ -305,6 +306,8 @@ def train_cmd(recipe, resume, until_step, export_latest, quiet, **overrides):
                        f"{entry['tok_s']:.0f} tok/s{mfu}", err=True)
 
     result = train(settings, resume=resume, until_step=until_step, progress=not quiet, on_log=show)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun rank 0 reports for all
     click.echo(f"{result.params / 1e6:.2f}M parameters, step {result.step}, "
                f"{result.tokens:,} tokens, {result.wall_s / 60:.1f} min")
     click.echo(f"val loss {result.val_loss:.4f}, val bits/byte {result.val_bpb:.4f}")

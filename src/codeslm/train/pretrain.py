@@ -3,6 +3,7 @@
 One screen of loop: gradient accumulation, clipping, bf16 autocast where it pays (CUDA, and CPUs
 with AMX bf16 units), periodic validation loss and bits per byte, tokens/s and MFU, crash-safe
 checkpoints with exact resume, a loss-curve PNG and a `save_pretrained` export at the end.
+Under torchrun it trains with DistributedDataParallel (`codeslm.train.distributed`).
 But: it does not build the corpus or tokenizer (see `codeslm corpus build`).
 """
 
@@ -23,6 +24,7 @@ import torch
 from codeslm.errors import TrainingError
 from codeslm.model.config import count_parameters, llama_config, model_shape
 from codeslm.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from codeslm.train.distributed import barrier, global_sum, join_world, leave, shard, wrap
 from codeslm.train.settings import TrainSettings
 from codeslm.train.shards import Corpus, token_byte_lengths
 from codeslm.train.stream import StreamSettings, TrainingStream, validation_rows
@@ -215,7 +217,7 @@ def train(
     if state is not None:
         _check_resume(state, settings, corpus)
     tokenizer = corpus.load_tokenizer()
-    device = resolve_device(settings.device)
+    world, device = join_world(resolve_device(settings.device), settings.batch_size)
     bf16 = use_bf16(settings.precision, device)
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
@@ -225,6 +227,8 @@ def train(
         load_initial_weights(model, Path(settings.init_from), tokenizer)
     model = model.to(device).train()
     optimizer, scheduler = make_optimizer(model, settings)
+    if not world.main:
+        barrier(world)  # rank 0 builds the run's cached rows first; the others read them
     contexts = None
     if settings.retrieval_rate > 0:
         contexts = cached_retrieval_contexts(
@@ -250,6 +254,9 @@ def train(
         reading = cached_reading_examples(run_dir, corpus, tokenizer, settings.reading_pool,
                                           settings.reading_per_file, settings.seed,
                                           settings.seq_len, progress)
+    if world.main:
+        barrier(world)
+    progress = progress and world.main
     stream = TrainingStream(
         corpus.splits["train"],
         tokenizer,
@@ -272,7 +279,8 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         step, history, wall_s = state["step"], state["history"], state["wall_s"]
 
-    forward = torch.compile(model) if settings.compile else model
+    ddp = wrap(model, world, device)
+    forward = torch.compile(ddp) if settings.compile else ddp
     n_params = count_parameters(model)
     flops_tok = flops_per_token(model, settings.seq_len)
     peak = peak_flops(device, bf16)
@@ -299,6 +307,8 @@ def train(
         )
 
     def log(entry: dict) -> None:
+        if not world.main:
+            return
         history.append(entry)
         with (run_dir / "log.jsonl").open("a") as f:
             f.write(json.dumps(entry) + "\n")
@@ -316,9 +326,19 @@ def train(
     while step < stop:
         for _ in range(settings.grad_accum):
             x, y = stream.next_batch(settings.batch_size)
-            loss = token_loss(forward, x.to(device), y.to(device), bf16) / settings.grad_accum
+            x, y = shard(x, world).to(device), shard(y, world).to(device)
+            if world.distributed:
+                # Summed over this rank's targets, over the global batch's count, times the ranks
+                # DDP averages over: the gradient of the global batch's mean loss.
+                total = token_loss(forward, x, y, bf16, reduction="sum")
+                count = global_sum(torch.tensor([float((y != -100).sum())], device=device), world)
+                loss = total * world.size / count / settings.grad_accum
+                mean = global_sum(total.detach().reshape(1), world) / count
+                losses.append(float(mean))
+            else:
+                loss = token_loss(forward, x, y, bf16) / settings.grad_accum
+                losses.append(float(loss.detach()) * settings.grad_accum)
             loss.backward()
-            losses.append(float(loss.detach()) * settings.grad_accum)
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -340,7 +360,7 @@ def train(
             log(entry)
             bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{tok_s:.0f}")
             losses.clear()
-        if step % settings.eval_every == 0 or step == settings.max_steps:
+        if world.main and (step % settings.eval_every == 0 or step == settings.max_steps):
             val_loss, val_bpb = evaluate(
                 model, val_rows, byte_lengths, settings.batch_size, bf16, device
             )
@@ -356,8 +376,12 @@ def train(
                 loss=f"{history[-2]['loss']:.3f}" if len(history) > 1 else "",
                 val_bpb=f"{val_bpb:.3f}",
             )
-        if time.perf_counter() - last_checkpoint >= settings.checkpoint_every_s or step == stop:
-            checkpoint()
+        due = time.perf_counter() - last_checkpoint >= settings.checkpoint_every_s or step == stop
+        if world.distributed:  # rank 0's clock decides, for every rank
+            due = bool(global_sum(torch.tensor([float(due and world.main)], device=device), world))
+        if due:
+            if world.main:
+                checkpoint()
             last_checkpoint = time.perf_counter()
         if step % settings.log_every == 0 or step == stop:
             interval_start, interval_tokens = time.perf_counter(), 0
@@ -369,7 +393,9 @@ def train(
         (evals[-1]["val_loss"], evals[-1]["val_bpb"]) if evals else (math.nan, math.nan)
     )
     export_dir = None
-    if step >= settings.max_steps:
+    barrier(world)
+    leave(world)
+    if step >= settings.max_steps and world.main:
         from codeslm.train.loss_curve import plot_loss_curve
 
         plot_loss_curve(
