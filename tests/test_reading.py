@@ -1,0 +1,152 @@
+"""Reading: consistent renames, reading rows in training streams, the reading stage's recipe and
+its resumption, and the shipped checkpoint copying a line its verbatim chunk holds when prompted
+as the engine prompts it."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_fixtures import synthetic_documents, write_corpus
+
+from codeslm.train.reading_rows import KINDS, build_reading_examples
+from codeslm.train.renames import rename_code
+from codeslm.train.settings import load_recipe
+from codeslm.train.shards import Corpus
+from codeslm.train.stream import StreamSettings, TrainingStream
+
+RECIPES = Path(__file__).resolve().parent.parent / "src" / "codeslm" / "train" / "recipes"
+
+SOURCE = '''class Parser(Base):
+    LIMIT = 10
+
+    def parse(self, text, sep=","):
+        parts = text.split(sep)
+        count = len(parts) + 2
+        if count > self.LIMIT:
+            raise ValueError("too many parts")
+        return [Parser.clean(p, strip=True) for p in parts[:count]]
+'''
+
+
+def _names(tree: ast.AST) -> list[str]:
+    """Every binding or use of a name, in source order."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            out.append((node.lineno, node.col_offset, node.id))
+        elif isinstance(node, ast.arg):
+            out.append((node.lineno, node.col_offset, node.arg))
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            out.append((node.lineno, node.col_offset, node.name))
+    return [name for *_, name in sorted(out)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_renames_are_consistent_and_the_code_still_parses(seed):
+    from codeslm.chunking.languages import parser_for
+
+    renamed = rename_code(SOURCE, np.random.default_rng(seed))
+    assert renamed.names, "nothing was renamed"
+    before, after = ast.parse(SOURCE), ast.parse(renamed.text)
+    # Same tree shape, and each name maps through the rename map, every occurrence the same way.
+    assert [type(n).__name__ for n in ast.walk(before)] == [type(n).__name__ for n in ast.walk(after)]
+    assert [renamed.names.get(n, n) for n in _names(before)] == _names(after)
+    assert len(set(renamed.names.values())) == len(renamed.names)
+    # What code outside the piece fixes stays: attributes, keyword arguments, builtins, self.
+    for kept in (".split(", "strip=", "len(", "self.LIMIT", "ValueError"):
+        assert kept in renamed.text
+    # Literals change consistently too.
+    strings = [n.value for n in ast.walk(before) if isinstance(n, ast.Constant)]
+    new_strings = [n.value for n in ast.walk(after) if isinstance(n, ast.Constant)]
+    assert [renamed.literals.get(str(v), str(v)) for v in strings] == [str(v) for v in new_strings]
+    assert not parser_for("python").parse(renamed.text.encode()).root_node.has_error
+
+
+def test_renames_of_a_fragment_take_only_names_its_first_lines_show():
+    lines = SOURCE.splitlines(keepends=True)[3:7]  # a piece of a method: no class line
+    fragment = "".join(lines)
+    renamed = rename_code(fragment, np.random.default_rng(0), visible_lines=2)
+    shown = set("".join(lines[:2]).replace("(", " ").replace(")", " ").replace(",", " ").split())
+    assert renamed.names and set(renamed.names) <= shown
+    assert "count" not in renamed.names  # first bound on the third line
+    assert len(renamed.text.splitlines()) == len(lines)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), synthetic_documents(60, 6))
+
+
+def test_reading_rows_are_engine_prompts_with_loss_on_the_line_only(corpus_dir):
+    corpus = Corpus.open(corpus_dir)
+    tokenizer = corpus.load_tokenizer()
+    examples = build_reading_examples(corpus, tokenizer, 1000, 3, 0, 192, progress=False)
+    counts = np.bincount(examples.kinds, minlength=len(KINDS))
+    assert len(examples) > 150 and counts[KINDS.index("verbatim")] > 30
+    assert counts[KINDS.index("edited")] > 20 and counts[KINDS.index("ordinary")] > 30
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    for i in range(len(examples)):
+        ids, start = examples.example(i)
+        prompt, target = tokenizer.decode(ids[:start].tolist()), tokenizer.decode(ids[start:-1].tolist())
+        assert ids[-1] == eot and target.endswith("\n") and target.count("\n") == 1
+        assert prompt.startswith(("<repo_name>", "<file_sep>", "<fim_prefix>"))
+        assert prompt.endswith(("\n", "<fim_middle>"))  # the cursor starts a line
+        if KINDS[examples.kinds[i]] == "verbatim":
+            chunks = prompt.split("<fim_prefix>")[0]
+            assert target in chunks
+    stream = TrainingStream(corpus.splits["train"], tokenizer,
+                            StreamSettings(192, 0.5, 1.0, 0.0, 0, reading_rate=1.0), reading=examples)
+    for _ in range(8):
+        row, mask = stream.next_row()
+        assert len(row) == len(mask) == 193
+        start = int(np.argmax(mask))
+        ids, target = next(examples.example(j) for j in range(len(examples))
+                            if np.array_equal(examples.example(j)[0], row[: len(examples.example(j)[0])]))
+        assert start == target and not mask[:start].any() and mask[start:].all()
+
+
+def test_the_reading_recipe_loads_and_its_runs_resume(corpus_dir, tmp_path):
+    from codeslm.train.pretrain import train
+
+    recipe = load_recipe(RECIPES / "default-stage13.json").check()
+    raw = json.loads((RECIPES / "default-stage13.json").read_text())
+    assert recipe.reading_rate == raw["reading_rate"] > 0 and recipe.threads == 1
+    assert recipe.init_from == "src/codeslm/assets/default-model" and recipe.seq_len == 512
+    small = recipe.with_overrides(
+        corpus=str(corpus_dir), size="nano", seq_len=192, batch_size=4, max_steps=6,
+        warmup_steps=2, retrieval_pool=200, retrieval_context_tokens=64, reading_pool=200,
+        eval_every=1000, eval_rows=4, log_every=1, precision="fp32", init_from="",
+        checkpoint_every_s=0.0)
+    whole = train(small.with_overrides(run_dir=str(tmp_path / "whole")), progress=False)
+    split = small.with_overrides(run_dir=str(tmp_path / "split"))
+    assert train(split, until_step=3, progress=False).step == 3
+    resumed = train(split, resume=True, progress=False)
+    assert [h["loss"] for h in resumed.history if "loss" in h] == [
+        h["loss"] for h in whole.history if "loss" in h]
+    assert (tmp_path / "split" / "reading-examples.npz").is_file()
+
+
+@pytest.mark.parametrize(("line", "after"), [
+    ("def flatten_pairs(pairs):", "    for left, right in pairs:"),
+    ("def count_words(lines):", "    counts = {}"),
+])
+def test_the_shipped_checkpoint_copies_a_line_its_verbatim_chunk_holds(line, after):
+    """A function name the file never shows: the model alone (no n-gram cache, no kNN) writes it
+    from a chunk of another file holding the line's surroundings, and not without that chunk."""
+    from codeslm.complete import CompletionEngine, CompletionRequest, CompletionSettings
+    from codeslm.model.loading import load_model
+
+    model, tokenizer = load_model(None, device="cpu")
+    engine = CompletionEngine(model, tokenizer, None, CompletionSettings(
+        retrieval=False, ngram_cache=False, line_budget_ms=None))
+    prefix = ("def unique(seq):\n    seen = set()\n    for item in seq:\n        if item not in seen:\n"
+              "            seen.add(item)\n            yield item\n\n\n")
+    chunk = "".join(prefix.splitlines(keepends=True)[-3:]) + f"{line}\n{after}\n"
+    with_chunk = CompletionRequest(prefix, after + "\n", "lib/util.py",
+                                   extra_context=(("lib/_compat.py", chunk),))
+    assert engine.complete(with_chunk).text == line
+    assert engine.complete(CompletionRequest(prefix, after + "\n", "lib/util.py")).text != line
