@@ -63,6 +63,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     () => settings().enable,
   );
   let polling: NodeJS.Timeout | undefined;
+  let starting: Promise<void> | undefined;
   const poll = async () => {
     const look = await status.refresh(provider.lastLatencyMs);
     clearTimeout(polling);
@@ -72,6 +73,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   };
   const provider = new CodeslmInlineProvider(
     async (method, params, token) => {
+      if (client?.state === State.Starting) {
+        await starting; // the first keystrokes wait for the server instead of failing
+      }
       if (!client || client.state !== State.Running) {
         throw new Error("server not running");
       }
@@ -92,7 +96,8 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       }
     });
     try {
-      await client.start();
+      starting = client.start();
+      await starting;
       await poll();
     } catch (err) {
       const msg = err instanceof Error ? err.message : String(err);
@@ -112,7 +117,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   context.subscriptions.push(
     output,
     item,
-    vscode.languages.registerInlineCompletionItemProvider({ pattern: "**" }, provider),
+    vscode.languages.registerInlineCompletionItemProvider([{ scheme: "file" }, { scheme: "untitled" }], provider),
     vscode.commands.registerCommand("codeslm.toggle", async () => {
       await config().update("enable", !settings().enable, vscode.ConfigurationTarget.Global);
       status.draw(provider.lastLatencyMs);
