@@ -37,8 +37,11 @@ def test_workspace_builds_and_uses_a_knn_datastore_and_rebuilds_it_after_a_chang
         (repo / "taskq" / "extra.py").write_text("def extra_helper(x):\n    return x + 1\n")
         ws.changed()
         # The update drops the datastore of the old code; the workspace builds a new one.
-        assert wait_for(lambda: ws.status.chunks and not ws.status.updating and ws.status.knn
-                        and "extra.py" in str(ws.engine.knn.file_of)), ws.status
+        def rebuilt() -> bool:
+            knn = ws.engine.knn
+            return knn is not None and "taskq/extra.py" in knn.file_of
+
+        assert wait_for(rebuilt), ws.status
     finally:
         ws.close()
         scheduler.close()
