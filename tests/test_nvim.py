@@ -179,6 +179,25 @@ def test_next_and_previous_suggestion(case):
     wait_for(lambda: ed.ghost() == first, timeout=2, what="the first suggestion again")
 
 
+def test_wiping_a_buffer_with_a_request_in_flight(case):
+    ed = case(DRAIN)
+    ed.wait_ghost()
+    for ch in "xyzw":
+        ed.type(ch)
+        caught = ed.lua("""
+            local end_ = vim.uv.now() + 3000
+            while codeslm_probe(...).pending == 0 and vim.uv.now() < end_ do vim.wait(2) end
+            if codeslm_probe(...).pending == 0 then return false end
+            vim.cmd("stopinsert | bwipeout!")
+            return true""", ed.ns)
+        if caught:
+            break
+    assert caught
+    time.sleep(1.5)  # the answer arrives for a buffer that is gone
+    messages = ed.nv.command_output("messages")
+    assert "Error" not in messages and "stack traceback" not in messages, messages
+
+
 def test_leaving_insert_mode_hides_it(case):
     ed = case(DRAIN)
     ed.wait_ghost()

@@ -104,6 +104,8 @@ function M.attach(buf, client, enabled)
       if comp and comp.destroy then
         pcall(comp.reset_timer, comp)
         pcall(comp.destroy, comp)
+        -- an answer already on its way would be drawn into the unloaded buffer
+        comp.handler = function() end
       end
       pcall(vim.api.nvim_del_augroup_by_id, group)
     end,
