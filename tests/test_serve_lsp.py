@@ -221,3 +221,38 @@ vim.lsp.inline_completion.enable(true)
         assert len(editor.current.line) > len(line_before)
     finally:
         editor.close()
+
+
+def test_a_request_without_params_is_answered(tmp_path):
+    """JSON-RPC lets a request leave `params` out, as Neovim does for `codeslm/status`."""
+    import json
+    import subprocess
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "codeslm.cli", "lsp", "--no-dense", "--no-watch"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+
+    def send(message: dict) -> None:
+        body = json.dumps(message).encode()
+        proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        proc.stdin.flush()
+
+    def receive() -> dict:
+        header = b""
+        while not header.endswith(b"\r\n\r\n"):
+            header += proc.stdout.read(1)
+        length = next(int(line.split(b":")[1]) for line in header.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))
+        return json.loads(proc.stdout.read(length))
+
+    try:
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}, "rootUri": None}})
+        assert receive()["id"] == 1
+        send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        send({"jsonrpc": "2.0", "id": 2, "method": "codeslm/status"})
+        while (reply := receive()).get("id") != 2:
+            pass
+        assert "error" not in reply and reply["result"]["workspaces"] == []
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
 from pygls.uris import to_fs_path
 
 from codeslm import __version__
@@ -34,12 +35,23 @@ STATUS_REQUEST = "codeslm/status"
 MAX_ITEMS = 3  # the best completion and the beam search's next ended ones
 
 
+class _Protocol(LanguageServerProtocol):
+    """pygls's protocol, taking a request without `params` (JSON-RPC allows leaving it out, as
+    Neovim does for `codeslm/status`) as one whose params are null."""
+
+    def structure_message(self, data):
+        if "jsonrpc" in data and "method" in data and "params" not in data:
+            data = {**data, "params": None}
+        return super().structure_message(data)
+
+
 class CodeslmLanguageServer(LanguageServer):
     """A pygls server bound to a `CompletionService`."""
 
     def __init__(self, service: CompletionService):
         super().__init__("codeslm", __version__,
-                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+                         protocol_cls=_Protocol)
         self.service = service
         self.multiline = service.options.settings.multiline
         self.last_latency_ms: float | None = None
