@@ -575,9 +575,11 @@ def eval_compare_cmd(runs, out_dir):
 
 def _add_serving_commands() -> None:
     from codeslm.serve.commands import lsp_cmd, serve_cmd
+    from codeslm.train.ablate_cli import ablate_cmd
 
     cli.add_command(serve_cmd)
     cli.add_command(lsp_cmd)
+    cli.add_command(ablate_cmd)
 
 
 _add_serving_commands()
