@@ -204,6 +204,12 @@ class Workspace:
             self._update(True, "embedding chunks")
         if self.knn and not self.status.knn:  # none yet, or the update dropped it
             self._build_knn()
+        if self.dense:
+            # Load the embedding model now, not on the first save (it takes about a second).
+            from codeslm.index.dense import Embedder
+
+            Embedder(self.engine.index.manifest.embedding_model).encode(["warm up"])
+            _restore_threads(self.threads)
 
     def _update(self, dense: bool, what: str) -> None:
         from codeslm.index import build_index
