@@ -235,3 +235,20 @@ def test_engine_and_infill_metrics_join_the_results_when_asked_for(tmp_path, cor
     missing.write_text(missing.read_text().replace("val_files = 6", f'val_files = 6\nrepos = ["{tmp_path}/nope"]'))
     with pytest.raises(TrainingError, match="evaluation repositories not found"):
         load_study(missing)
+
+
+def test_the_shipped_study_is_a_valid_six_arm_three_seed_data_study(tmp_path):
+    from pathlib import Path
+
+    from codeslm.train.ablation import check_budgets
+
+    text = (Path(__file__).parent.parent / "eval/ablations/data-v1.toml").read_text()
+    # Its proof projects are fetched by eval/proof_repo.py; the rest needs nothing fetched.
+    lines = [line for line in text.splitlines() if not line.startswith("repos = ")]
+    (tmp_path / "data-v1.toml").write_text("\n".join(lines))
+    study = load_study(tmp_path / "data-v1.toml")
+    check_budgets(study)
+    assert len(study.arms) >= 6 and study.seeds == (1, 2, 3) and study.base_arm == "all"
+    assert {a.name for a in study.arms} >= {"all", "stdlib-only", "site-packages-only", "no-tests",
+                                           "no-retrieval", "no-copy"}
+    assert study.arm("no-copy").row_mix == {"copy_rate": 0.0} and study.base.copy_rate > 0
