@@ -183,7 +183,7 @@ def test_a_killed_study_resumes_and_never_redoes_finished_runs(tmp_path, corpus_
 
     interrupted = next(j for j in plan(study) if j.arm == "all" and j.seed == 2)
     train(interrupted.settings, until_step=2, progress=False)
-    results = run_study(study, workers=1)
+    results = run_study(study, workers=2)  # the three runs left, two processes at a time
     assert len(results) == 4 and done.stat().st_mtime_ns == finished_at
     log = [json.loads(line) for line in
            (tmp_path / "runs/micro/all/seed2/log.jsonl").read_text().splitlines()]
@@ -252,3 +252,33 @@ def test_the_shipped_study_is_a_valid_six_arm_three_seed_data_study(tmp_path):
     assert {a.name for a in study.arms} >= {"all", "stdlib-only", "site-packages-only", "no-tests",
                                            "no-retrieval", "no-copy"}
     assert study.arm("no-copy").row_mix == {"copy_rate": 0.0} and study.base.copy_rate > 0
+
+
+def test_an_arm_may_train_on_another_build_with_the_base_tokenizer_only(tmp_path, corpus_dir):
+    from model_fixtures import train_small_tokenizer
+
+    from codeslm.model.tokenizer import load_tokenizer
+    from codeslm.train.ablation import plan
+
+    tokenizer = load_tokenizer(corpus_dir / "tokenizer")
+    docs = synthetic_documents(24, 4)
+    # Another build: its duplicate files kept (as with dedup off), the same held-out packages.
+    copies = [{**d, "path": d["path"].replace(".py", "_copy.py")} for d in docs if d["split"] == "train"]
+    other = write_corpus(tmp_path / "no-dedup", docs + copies, tokenizer=tokenizer)
+    arms = ARMS + f'\n[arms.no-dedup]\ncorpus = "{other}"\n'
+    study = load_study(write_study(tmp_path, corpus_dir, arms), tmp_path / "runs")
+    job = next(j for j in plan(study) if j.arm == "no-dedup")
+    assert len(Corpus.open(job.settings.corpus).splits["train"].docs) == 2 * len(copies)
+    assert job.eval_corpus == str(corpus_dir)  # evaluated on the base corpus's sets
+    for name, bad_docs, bad_tokenizer, message in [
+        ("retokenized", docs, None, "another tokenizer"),
+        ("leaky", [{**d, "split": "train"} for d in docs]
+         + [{**docs[0], "package": "other", "path": "other/defs.py", "split": "val"}],
+         tokenizer, "holds out for validation"),
+    ]:
+        path = write_corpus(tmp_path / name, bad_docs, tokenizer=bad_tokenizer
+                            or train_small_tokenizer([d["text"] for d in docs], 300))
+        study = load_study(write_study(tmp_path, corpus_dir, ARMS + f'\n[arms.x]\ncorpus = "{path}"\n',
+                                       f'name = "{name}"', f"{name}.toml"), tmp_path / "runs")
+        with pytest.raises(CorpusError, match=message):
+            plan(study)

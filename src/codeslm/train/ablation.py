@@ -1,11 +1,12 @@
 """Data ablation studies: a base recipe, arms that change only the data, and seeds.
 
 `load_study` reads a TOML or JSON study and refuses arms that change anything but the data (the
-corpus selection and the objective's row mix), so every arm trains on the same number of tokens
+training files, the objective's row mix), so every arm trains on the same number of tokens
 with the same tokenizer and is scored on the same sets. `run_study` trains and evaluates each
 arm x seed in `runs/<study>/<arm>/seed<k>/`, in parallel processes, resuming a killed study and
 never redoing a finished run; `codeslm.eval.study_report` turns the results into the report.
-But: it builds arm corpora from a base corpus (see `codeslm.train.arm_corpus`), never from sources.
+But: it builds arm corpora from built corpora (see `codeslm.train.arm_corpus`), never from sources:
+an arm with other build filters or dedup names a corpus built with the base tokenizer.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from codeslm.errors import TrainingError
 from codeslm.eval.run_metrics import EvalSettings
-from codeslm.train.arm_corpus import Selection, arm_corpus
+from codeslm.train.arm_corpus import Selection, arm_corpus, check_alternative_corpus
 from codeslm.train.settings import TrainSettings, load_recipe
 
 # Training settings an arm may change: the mix of row types the objective is built from.
@@ -40,9 +41,11 @@ class Arm:
     name: str
     selection: Selection
     row_mix: dict  # training settings this arm changes (keys in ROW_MIX)
+    corpus: str | None = None  # another build of the corpus (other filters, dedup), base tokenizer
 
     def describe(self) -> dict:
-        return {"selection": self.selection.describe(), "row_mix": self.row_mix}
+        return {"corpus": self.corpus, "selection": self.selection.describe(),
+                "row_mix": self.row_mix}
 
 
 @dataclass(frozen=True)
@@ -142,18 +145,21 @@ def _arm(path: Path, name: str, spec: dict, base: TrainSettings) -> Arm:
             f"study {path}: arm {name!r} changes the training budget ({', '.join(budget)}); "
             "every arm must train on the same number of tokens"
         )
-    other = sorted(set(spec) - ROW_MIX - SELECTION)
+    other = sorted(set(spec) - ROW_MIX - SELECTION - {"corpus"})
     if other:
         raise TrainingError(
             f"study {path}: arm {name!r} changes {', '.join(other)}, which is not data; arms may "
-            f"change only the selection ({', '.join(sorted(SELECTION))}) and the row mix "
-            f"({', '.join(sorted(ROW_MIX))})"
+            f"change only the corpus, the selection ({', '.join(sorted(SELECTION))}) and the row "
+            f"mix ({', '.join(sorted(ROW_MIX))})"
         )
     selection = Selection(**{k: tuple(v) if isinstance(v, list) else v
                              for k, v in spec.items() if k in SELECTION})
     row_mix = {k: v for k, v in spec.items() if k in ROW_MIX}
     base.with_overrides(**row_mix).check()
-    return Arm(name, selection, row_mix)
+    corpus = spec.get("corpus")
+    if corpus is not None and not isinstance(corpus, str):
+        raise TrainingError(f"study {path}: arm {name!r}: corpus must be a directory name")
+    return Arm(name, selection, row_mix, corpus)
 
 
 def check_budgets(study: Study) -> None:
@@ -223,7 +229,10 @@ def plan(study: Study, progress=None) -> list[RunJob]:
     for arm in study.arms:
         if progress:
             progress(f"corpus of arm {arm.name}")
-        corpus = arm_corpus(study.base.corpus, arm.selection, study.dir / "corpora" / arm.name)
+        if arm.corpus:
+            check_alternative_corpus(study.base.corpus, arm.corpus)
+        corpus = arm_corpus(arm.corpus or study.base.corpus, arm.selection,
+                            study.dir / "corpora" / arm.name)
         for seed in study.seeds:
             jobs.append(RunJob(arm.name, seed, study.settings(arm, seed, corpus), study.eval,
                                study.base.corpus))

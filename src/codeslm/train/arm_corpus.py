@@ -4,7 +4,8 @@ Selections pick training documents by source, package glob, path glob and file k
 examples), and may strip Python docstrings (those files are re-tokenized with the base
 tokenizer). The validation split, the tokenizer and the document ids stay exactly the base's, so
 every arm is measured on the same held-out packages.
-But: filters and dedup that need the raw sources are `codeslm corpus build`'s, not done here.
+But: filters and dedup that need the raw sources are `codeslm corpus build`'s; an arm that changes
+them trains on such a build, checked by `check_alternative_corpus`.
 """
 
 from __future__ import annotations
@@ -90,6 +91,20 @@ def strip_python_docstrings(text: str) -> str:
     for first, last, replacement in sorted(cuts, reverse=True):
         lines[first - 1 : last] = [replacement] if replacement else []
     return "".join(lines)
+
+
+def check_alternative_corpus(base: str | Path, other: str | Path) -> None:
+    """Refuse a corpus for an arm whose tokenizer is not the base's, or that trains on a package
+    the base corpus holds out for validation (every arm is evaluated on the base's)."""
+    base_corpus, other_corpus = Corpus.open(base), Corpus.open(other)
+    if other_corpus.tokenizer_fingerprint() != base_corpus.tokenizer_fingerprint():
+        raise CorpusError(f"corpus {other} has another tokenizer than the base corpus {base}; "
+                          f"build it with `--tokenizer {base_corpus.tokenizer_dir}`")
+    held_out = {r["package"] for r in base_corpus.records("val")}
+    leaked = sorted({r["package"] for r in other_corpus.records("train")} & held_out)
+    if leaked:
+        raise CorpusError(f"corpus {other} trains on {len(leaked)} package(s) the base corpus holds "
+                          f"out for validation ({', '.join(leaked[:5])}); build it with --exclude-package")
 
 
 def arm_corpus(base: str | Path, selection: Selection, out: Path) -> Path:
