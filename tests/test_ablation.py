@@ -189,6 +189,10 @@ def test_a_killed_study_resumes_and_never_redoes_finished_runs(tmp_path, corpus_
            (tmp_path / "runs/micro/all/seed2/log.jsonl").read_text().splitlines()]
     steps = [e["step"] for e in log if "loss" in e]
     assert steps == [1, 2, 3, 4]  # resumed at step 3, not started again
+    # An arm changed after its runs finished: its old results are not passed off as the new arm's.
+    changed = write_study(tmp_path, corpus_dir, ARMS.replace("0.0", "0.1"), name="changed.toml")
+    with pytest.raises(TrainingError, match="other settings than its arm"):
+        run_study(load_study(changed, tmp_path / "runs"), workers=1)
 
 
 def test_a_run_directory_of_another_study_is_refused(tmp_path, corpus_dir):

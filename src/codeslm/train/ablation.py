@@ -16,7 +16,7 @@ import os
 import time
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from codeslm.errors import TrainingError
@@ -66,8 +66,11 @@ class Study:
         return next(a for a in self.arms if a.name == name)
 
     def settings(self, arm: Arm, seed: int, corpus: Path) -> TrainSettings:
+        # One thread unless the recipe says otherwise, however many processes run at once: the
+        # thread count is part of a run's identity, so a run resumes with any --workers.
         return self.base.with_overrides(**arm.row_mix, seed=seed, corpus=str(corpus),
-                                        run_dir=str(self.run_dir(arm.name, seed)))
+                                        run_dir=str(self.run_dir(arm.name, seed)),
+                                        threads=self.base.threads or 1)
 
     def run_dir(self, arm: str, seed: int) -> Path:
         return self.dir / arm / f"seed{seed}"
@@ -75,9 +78,7 @@ class Study:
     def describe(self) -> dict:
         return {"study": self.name, "base": self.base.identity(), "base_corpus": self.base.corpus,
                 "base_arm": self.base_arm, "seeds": list(self.seeds),
-                "arms": {a.name: a.describe() for a in self.arms},
-                "eval": {k: list(v) if isinstance(v, tuple) else v
-                         for k, v in self.eval.__dict__.items()}}
+                "arms": {a.name: a.describe() for a in self.arms}, "eval": _eval_dict(self.eval)}
 
 
 def _read(path: Path) -> dict:
@@ -178,13 +179,15 @@ def claim_study_dir(study: Study) -> None:
         if owner.get("study") != study.name:
             raise TrainingError(f"{study.dir} holds runs of study {owner.get('study')!r}, "
                                 f"not {study.name!r}")
-        if owner.get("base") != study.base.identity():
+        if (owner.get("base"), owner.get("base_corpus")) != (study.base.identity(),
+                                                              study.base.corpus):
             raise TrainingError(f"{study.dir} was started with another base recipe; "
-                                "give the study a new name to change it")
+                                "or corpus; give the study a new name to change them")
     elif study.dir.exists() and any(study.dir.iterdir()):
         raise TrainingError(f"{study.dir} is not empty and holds no study; pick another name")
     study.dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"study": study.name, "base": study.base.identity()}, indent=1))
+    marker.write_text(json.dumps({"study": study.name, "base": study.base.identity(),
+                                  "base_corpus": study.base.corpus}, indent=1))
 
 
 @dataclass(frozen=True)
@@ -205,12 +208,13 @@ def run_one(job: RunJob) -> dict:
 
     run_dir = Path(job.settings.run_dir)
     if (run_dir / RESULT).is_file():
-        return json.loads((run_dir / RESULT).read_text())
+        return finished_result(job)
     started = time.time()
     result = train(job.settings, resume=has_checkpoint(run_dir), progress=False)
     metrics = evaluate_model(result.export_dir, Corpus.open(job.eval_corpus), job.eval,
                              run_dir / "eval", job.settings.seq_len)
-    record = {"arm": job.arm, "seed": job.seed, "metrics": metrics, "tokens": result.tokens,
+    record = {"arm": job.arm, "seed": job.seed, "identity": job.settings.identity(),
+              "eval": _eval_dict(job.eval), "metrics": metrics, "tokens": result.tokens,
               "params": result.params, "train_s": result.wall_s,
               "seconds": time.time() - started,
               "loss_curve": [{"step": h["step"], "loss": h["loss"]}
@@ -218,6 +222,21 @@ def run_one(job: RunJob) -> dict:
     partial = run_dir / (RESULT + ".partial")
     partial.write_text(json.dumps(record, indent=1))
     partial.replace(run_dir / RESULT)
+    return record
+
+
+def _eval_dict(settings: EvalSettings) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()}
+
+
+def finished_result(job: RunJob) -> dict:
+    """The result of a finished run, refused if it was trained or scored otherwise than `job`."""
+    path = Path(job.settings.run_dir) / RESULT
+    record = json.loads(path.read_text())
+    saved = (record.get("identity"), record.get("eval"))
+    if saved != (job.settings.identity(), _eval_dict(job.eval)):
+        raise TrainingError(f"{path} was trained or evaluated with other settings than its arm "
+                            "now asks for; give the study a new name to change an arm")
     return record
 
 
@@ -251,8 +270,6 @@ def run_study(study: Study, workers: int | None = None, max_runs: int | None = N
     if max_runs is not None:
         todo = todo[:max_runs]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    if workers > 1:
-        todo = [replace(j, settings=j.settings.with_overrides(threads=1)) for j in todo]
     done, total, started = len(jobs) - len(todo), len(jobs), time.time()
 
     def report(record: dict, finished_now: int) -> None:
@@ -270,5 +287,4 @@ def run_study(study: Study, workers: int | None = None, max_runs: int | None = N
             futures = [pool.submit(run_one, job) for job in todo]
             for i, future in enumerate(as_completed(futures), 1):
                 report(future.result(), i)
-    return [json.loads((Path(j.settings.run_dir) / RESULT).read_text()) for j in jobs
-            if (Path(j.settings.run_dir) / RESULT).is_file()]
+    return [finished_result(j) for j in jobs if (Path(j.settings.run_dir) / RESULT).is_file()]
