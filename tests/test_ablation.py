@@ -286,3 +286,20 @@ def test_an_arm_may_train_on_another_build_with_the_base_tokenizer_only(tmp_path
                                        f'name = "{name}"', f"{name}.toml"), tmp_path / "runs")
         with pytest.raises(CorpusError, match=message):
             plan(study)
+
+
+def test_the_summary_says_which_differences_are_beyond_seed_noise():
+    from types import SimpleNamespace
+
+    from codeslm.eval.study_report import aggregate, summary_paragraph
+
+    study = SimpleNamespace(arms=[SimpleNamespace(name=n) for n in ("all", "worse", "same")],
+                            base_arm="all", seeds=(1, 2, 3))
+    bpb = {"all": [1.0, 1.1, 1.2], "worse": [1.2, 1.3, 1.5], "same": [1.1, 1.0, 1.25]}
+    results = [{"arm": arm, "seed": seed, "metrics": {"val_bpb": v}, "params": 600_000,
+                "tokens": 1000} for arm, values in bpb.items() for seed, v in zip((1, 2, 3), values)]
+    agg = aggregate(study, results)
+    assert agg["arms"]["worse"]["val_bpb"]["diff"]["mean"] == pytest.approx(0.7 / 3)
+    text = summary_paragraph(study, agg, results)
+    assert "val bits/byte is worse for `worse` (+0.233); within seed noise for `same`." in text
+    assert "rank `all` > `same` > `worse`" in text

@@ -86,12 +86,14 @@ def summary_paragraph(study, agg: dict, results: list[dict]) -> str:
     sentences = [f"{scale}, {len(study.seeds)} seed(s) per arm, against the base arm "
                  f"`{study.base_arm}`:"]
     for m in agg["metrics"]:
-        better, worse, flat = [], [], []
+        better, worse, flat, single = [], [], [], []
         for arm, entry in agg["arms"].items():
             d = entry[m].get("diff")
             if d is None or not math.isfinite(d["mean"]):
                 continue
-            if not d["significant"]:
+            if d["n"] < 2:
+                single.append(f"`{arm}` ({d['mean']:+.3f})")
+            elif not d["significant"]:
                 flat.append(arm)
                 continue
             good = (d["mean"] > 0) == HIGHER_IS_BETTER[m]
@@ -103,6 +105,8 @@ def summary_paragraph(study, agg: dict, results: list[dict]) -> str:
             parts.append("better for " + ", ".join(better))
         if flat:
             parts.append("within seed noise for " + ", ".join(f"`{a}`" for a in flat))
+        if single:
+            parts.append("off by " + ", ".join(single) + " on one seed, too few to tell from noise")
         if parts:
             sentences.append(f"{LABELS[m]} is " + "; ".join(parts) + ".")
     primary = agg["metrics"][0] if agg["metrics"] else None
