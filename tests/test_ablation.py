@@ -174,7 +174,9 @@ def test_a_micro_study_runs_end_to_end_and_reports_its_numbers(tmp_path, corpus_
 
 def test_a_killed_study_resumes_and_never_redoes_finished_runs(tmp_path, corpus_dir):
     study = load_study(write_study(tmp_path, corpus_dir, ARMS), tmp_path / "runs")
-    first = run_study(study, workers=1, max_runs=1)  # stopped after one run
+    messages = []
+    first = run_study(study, workers=1, max_runs=1, progress=messages.append)  # one run, then stop
+    assert "1/4 runs, ETA" in messages[-1]
     done = tmp_path / "runs/micro/all/seed1/result.json"
     assert len(first) == 1 and done.is_file()
     finished_at = done.stat().st_mtime_ns

@@ -270,11 +270,12 @@ def run_study(study: Study, workers: int | None = None, max_runs: int | None = N
     if max_runs is not None:
         todo = todo[:max_runs]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    done, total, started = len(jobs) - len(todo), len(jobs), time.time()
+    total, started = len(jobs), time.time()
+    done = sum((Path(j.settings.run_dir) / RESULT).is_file() for j in jobs)
 
     def report(record: dict, finished_now: int) -> None:
         if progress:
-            left = len(todo) - finished_now
+            left = total - done - finished_now  # the whole study's, at this call's pace
             eta = (time.time() - started) / finished_now * left
             progress(f"run {record['arm']}/seed{record['seed']} done: "
                      f"{done + finished_now}/{total} runs, ETA {eta / 60:.1f} min")
