@@ -305,3 +305,16 @@ def test_the_summary_says_which_differences_are_beyond_seed_noise():
     text = summary_paragraph(study, agg, results)
     assert "val bits/byte is worse for `worse` (+0.233); within seed noise for `same`." in text
     assert "rank `all` > `same` > `worse`" in text
+
+
+def test_validation_texts_are_a_fixed_sample_within_the_byte_budget(corpus_dir):
+    from codeslm.eval.run_metrics import validation_texts
+
+    corpus = Corpus.open(corpus_dir)
+    val = {r["text"]: r for r in corpus.records("val")}
+    texts = validation_texts(corpus, 100, max_bytes=300)
+    assert texts and sum(len(t.encode()) for t in texts) <= 300
+    assert texts == validation_texts(corpus, 100, max_bytes=300)
+    assert all(t in val for t in texts) and len(validation_texts(corpus, 2)) == 2
+    order = [val[t]["sha256"] for t in validation_texts(corpus, 100)]
+    assert order == sorted(order) and len(order) == len(val)

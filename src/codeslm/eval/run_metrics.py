@@ -1,6 +1,6 @@
 """The fixed evaluation of one trained model in a study: the same sets for every run.
 
-Validation bits per byte on the first files of the held-out packages; the mean log-probability
+Validation bits per byte on a fixed sample of the held-out packages' files; the mean log-probability
 of HumanEval's canonical solution lines, each masked in turn and scored as the middle of an
 infilling prompt (continuous, so it ranks small models more reliably than pass@1); optionally
 HumanEval single-line infilling pass@1 and repository line completion EM / ES through the engine.
@@ -21,7 +21,8 @@ HIGHER_IS_BETTER = {"val_bpb": False, "middle_logprob": True, "infill_pass@1": T
 
 @dataclass(frozen=True)
 class EvalSettings:
-    val_files: int = 200  # held-out files scored for bits per byte (first by document id)
+    val_files: int = 200  # held-out files scored for bits per byte (at most, by sha256 order)
+    val_max_bytes: int = 400_000  # and at most this much text (files that would overflow skipped)
     middle_problems: int = 164  # HumanEval problems whose solution lines are scored (0: none)
     infill_problems: int = 0  # HumanEval problems for single-line infilling pass@1 (0: off)
     repos: tuple[str, ...] = ()  # repositories for line completion through the engine
@@ -29,10 +30,21 @@ class EvalSettings:
     engine: str = "bm25"  # the engine variant (see `codeslm.eval.runs.ENGINE_VARIANTS`)
 
 
-def validation_texts(corpus, n_files: int) -> list[str]:
-    """The first `n_files` validation documents' texts, by document id."""
-    records = sorted(corpus.records("val"), key=lambda r: int(r["id"]))
-    return [r["text"] for r in records[:n_files]]
+def validation_texts(corpus, n_files: int, max_bytes: int | None = None) -> list[str]:
+    """Up to `n_files` validation texts and `max_bytes` bytes, in the order of their sha256.
+
+    That order is fixed by the files' contents and spreads the sample over the held-out packages
+    (document ids run package by package).
+    """
+    texts, total = [], 0
+    for record in sorted(corpus.records("val"), key=lambda r: r["sha256"]):
+        if len(texts) == n_files:
+            break
+        if max_bytes is not None and total + record["bytes"] > max_bytes:
+            continue
+        texts.append(record["text"])
+        total += record["bytes"]
+    return texts
 
 
 def middle_examples(n_problems: int) -> list:
@@ -84,7 +96,8 @@ def evaluate_model(model_dir: Path, corpus, settings: EvalSettings, out: Path,
     model, tokenizer = load_model(model_dir, device="cpu")
     model.eval()
     metrics = {"val_bpb": bits_per_byte(model, tokenizer,
-                                        validation_texts(corpus, settings.val_files),
+                                        validation_texts(corpus, settings.val_files,
+                                                         settings.val_max_bytes),
                                         context_len=seq_len)}
     examples = middle_examples(settings.middle_problems)
     if examples:
