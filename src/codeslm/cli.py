@@ -573,16 +573,12 @@ def eval_compare_cmd(runs, out_dir):
     click.echo(f"plot: {plot}")
 
 
-def _add_serving_commands() -> None:
-    from codeslm.serve.commands import lsp_cmd, serve_cmd
-    from codeslm.train.ablate_cli import ablate_cmd
+# Commands that live beside the code they drive (each module keeps its heavy imports inside).
+from codeslm.serve.commands import lsp_cmd, serve_cmd  # noqa: E402
+from codeslm.train.ablate_cli import ablate_cmd  # noqa: E402
 
-    cli.add_command(serve_cmd)
-    cli.add_command(lsp_cmd)
-    cli.add_command(ablate_cmd)
-
-
-_add_serving_commands()
+for _command in (serve_cmd, lsp_cmd, ablate_cmd):
+    cli.add_command(_command)
 
 
 def main() -> None:
