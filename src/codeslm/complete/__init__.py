@@ -12,5 +12,5 @@ from codeslm.complete.engine import (
     split_at_cursor,
 )
 
-__all__ = ["CompletionCancelled", "CompletionEngine", "CompletionRequest", "CompletionResult", "CompletionSettings",
-           "split_at_cursor"]
+__all__ = ["CompletionCancelled", "CompletionEngine", "CompletionRequest", "CompletionResult",
+           "CompletionSettings", "split_at_cursor"]

@@ -216,7 +216,7 @@ class CachedDecoder:
         return text[len(forced):], stats
 
     def _beam_search(self, log_probs, beams, max_new_tokens, stop, forced, line_deadline, ngram,
-                     stats: DecodeStats, length_penalty: float = 0.0, cancelled: Callable[[], bool] = lambda: False) -> str:
+                     stats: DecodeStats, length_penalty: float, cancelled: Callable[[], bool]) -> str:
         """The most probable text (with `forced`) of `beams` hypotheses kept at each step.
 
         A hypothesis ends at an end-of-text token or where `stop` says; the search ends once no

@@ -145,6 +145,8 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, str]:
 
 
 def _stop_type(result: CompletionResult, word: str) -> str:
+    if result.stop_reason == "cancelled":
+        return "none"
     if word:
         return "word"
     if result.stop_reason in ("max_new_tokens", "time_budget"):
@@ -266,6 +268,7 @@ def create_app(service: CompletionService, *, api_key: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The ASGI app serving `service`; with `api_key`, every route but /health needs it."""
     app = FastAPI(title="codeslm", docs_url=None, redoc_url=None, openapi_url=None)
+    service_started = time.time()
     app.add_middleware(_Guard, limit=max_body_bytes, api_key=api_key)
 
     @app.exception_handler(_BadBody)
@@ -296,31 +299,26 @@ def create_app(service: CompletionService, *, api_key: str | None = None,
         return f"{host}/{slot}/{request.headers.get('user-agent', '')}"
 
     async def run(request: Request, completion: CompletionRequest, file, multiline, n_predict,
-                  slot: int) -> CompletionResult | None:
+                  slot: int) -> CompletionResult:
+        """The completion, or an empty result for a warm-up (nothing to write: llama.vim and
+        llama.vscode send these to prime caches) or for a request a newer one cancelled."""
+        if n_predict == 0:
+            return CompletionResult(text="", stop_reason="max_new_tokens")
         max_new = None if n_predict is None or n_predict < 0 else n_predict
         work = service.completion_job(completion, file, multiline, max_new)
         try:
             return await service.scheduler.run(client_of(request, slot), work,
                                                disconnected=request.is_disconnected)
         except CompletionCancelled:
-            return None
+            return CompletionResult(text="", stop_reason="cancelled",
+                                    notes=["cancelled: a newer request of this client superseded it"])
 
-    def settings_of(body: _Body, **applied) -> dict:
-        return {**applied, "ignored": body.ignored()}
-
-    def llama_reply(body, result, model: str):
+    def llama_reply(body, result: CompletionResult, model: str):
         """The llama.cpp JSON (or SSE) reply of a finished or cancelled completion."""
-        if result is None:
-            text, word = "", ""
-            result = CompletionResult(text="", stop_reason="cancelled",
-                                      notes=["cancelled: a newer request of this client superseded it"])
-        else:
-            text, word = cut_at_stop(result.text, body.stop)
-        settings = settings_of(body, n_predict=body.n_predict, stop=body.stop, multiline=body.multiline,
-                               model=model)
+        text, word = cut_at_stop(result.text, body.stop)
+        settings = {"n_predict": body.n_predict, "stop": body.stop, "multiline": body.multiline,
+                    "model": model, "ignored": body.ignored()}
         full = infill_response(result, text, word, model=model, slot=body.id_slot, settings=settings)
-        if result.stop_reason == "cancelled":
-            full["stop_type"] = "none"
         if not body.stream:
             reply = select_fields(full, body.response_fields)
             wanted = getattr(body, "n_cmpl", 1)
@@ -355,9 +353,6 @@ def create_app(service: CompletionService, *, api_key: str | None = None,
         body = await _parse(request, InfillBody)
         if (busy := unavailable()) is not None:
             return busy
-        if body.n_predict == 0:  # a warm-up: llama.vim and llama.vscode send these to prime caches
-            return llama_reply(body, CompletionResult(text="", stop_reason="max_new_tokens"),
-                               service.model_name)
         completion = CompletionRequest(
             body.input_prefix + body.prompt, body.input_suffix,
             extra_context=tuple((c.filename, c.text) for c in body.input_extra if c.text.strip()),
@@ -372,9 +367,6 @@ def create_app(service: CompletionService, *, api_key: str | None = None,
         body = await _parse(request, CompletionBody)
         if (busy := unavailable()) is not None:
             return busy
-        if body.n_predict == 0:
-            return llama_reply(body, CompletionResult(text="", stop_reason="max_new_tokens"),
-                               service.model_name)
         completion, file = _from_prompt(body.prompt, None, body.filename)
         result = await run(request, completion, file, body.multiline, body.n_predict, body.id_slot)
         return llama_reply(body, result, service.model_name)
@@ -390,20 +382,15 @@ def create_app(service: CompletionService, *, api_key: str | None = None,
                                f"{len(body.prompt)})")
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         completion, file = _from_prompt(prompt, body.suffix, body.filename)
-        if body.max_tokens == 0:
-            result = CompletionResult(text="", stop_reason="max_new_tokens")
-        else:
-            result = await run(request, completion, file, body.multiline, body.max_tokens, -1)
-        cancelled = result is None
-        text, word = ("", "") if cancelled else cut_at_stop(result.text, stop)
-        finish = "length" if not cancelled and _stop_type(result, word) == "limit" else "stop"
+        result = await run(request, completion, file, body.multiline, body.max_tokens, -1)
+        text, word = cut_at_stop(result.text, stop)
+        finish = "length" if _stop_type(result, word) == "limit" else "stop"
         ident = f"cmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-        usage = {"prompt_tokens": 0 if cancelled else result.prompt_tokens,
-                 "completion_tokens": 0 if cancelled else result.new_tokens}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.new_tokens,
+                 "total_tokens": result.prompt_tokens + result.new_tokens}
         if not body.stream:
-            texts = [text] + ([] if cancelled else [cut_at_stop(t, stop)[0] for t in result.alternatives])
+            texts = [text] + [cut_at_stop(t, stop)[0] for t in result.alternatives]
             return {"id": ident, "object": "text_completion", "created": created,
                     "model": service.model_name,
                     "choices": [{"text": t, "index": i, "logprobs": None, "finish_reason": finish}
@@ -421,7 +408,6 @@ def create_app(service: CompletionService, *, api_key: str | None = None,
             yield "data: [DONE]\n\n"
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    service_started = time.time()
     return app
 
 

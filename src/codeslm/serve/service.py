@@ -16,7 +16,7 @@ from pathlib import Path
 from codeslm.complete import CompletionEngine, CompletionRequest, CompletionSettings
 from codeslm.errors import CodeslmError
 from codeslm.serve.scheduler import CompletionScheduler
-from codeslm.serve.workspace import Workspace, WorkspaceSet
+from codeslm.serve.workspace import Workspace, WorkspaceSet, completion_work
 
 log = logging.getLogger("codeslm.serve")
 
@@ -108,15 +108,9 @@ class CompletionService:
         if ws is None:
             if self._bare is None:
                 self._bare = CompletionEngine(self.model, self.tokenizer, None, self.options.settings)
-            engine = self._bare
             request.path = Path(file).name if file else request.path
-
-            def work(cancelled):
-                result = engine.complete(request, multiline, cancelled=cancelled,
-                                         max_new_tokens=max_new_tokens)
-                result.notes.append("completed without retrieval: the file is in no workspace")
-                return result
-            return work
+            return completion_work(self._bare, request, multiline, max_new_tokens,
+                                   lambda: ["completed without retrieval: the file is in no workspace"])
         if file:
             request.path = ws.relative(file)
         return ws.completion_job(request, multiline, max_new_tokens)

@@ -144,15 +144,13 @@ class Workspace:
     def completion_job(self, request: CompletionRequest, multiline: bool | None = None,
                        max_new_tokens: int | None = None):
         """The work a scheduler runs for `request`: `work(cancelled) -> CompletionResult`."""
-        def work(cancelled) -> CompletionResult:
-            result = self.engine.complete(request, multiline, cancelled=cancelled,
-                                          max_new_tokens=max_new_tokens)
+        def notes() -> list[str]:
             if self.status.state == "indexing":
-                result.notes.append("completed without retrieval: the index is still being built")
-            elif self.status.state == "error":
-                result.notes.append(f"completed without retrieval: {self.status.error}")
-            return result
-        return work
+                return ["completed without retrieval: the index is still being built"]
+            if self.status.state == "error":
+                return [f"completed without retrieval: {self.status.error}"]
+            return []
+        return completion_work(self.engine, request, multiline, max_new_tokens, notes)
 
     def complete(self, request: CompletionRequest, client: str = "local",
                  multiline: bool | None = None) -> CompletionResult:
@@ -299,6 +297,17 @@ class Workspace:
                 self._dirty.set()
         except Exception as e:  # noqa: BLE001 - saving in the editor still refreshes the index
             log.warning("not watching %s for changes: %s", self.root, e)
+
+
+def completion_work(engine: CompletionEngine, request: CompletionRequest, multiline: bool | None,
+                    max_new_tokens: int | None, notes: Callable[[], list[str]] = list):
+    """`work(cancelled) -> CompletionResult` for a scheduler: `engine` completes `request`, and
+    `notes()`, asked when it is done, adds what the result should say about its context."""
+    def work(cancelled) -> CompletionResult:
+        result = engine.complete(request, multiline, cancelled=cancelled, max_new_tokens=max_new_tokens)
+        result.notes.extend(notes())
+        return result
+    return work
 
 
 def _restore_threads(threads: int) -> None:
