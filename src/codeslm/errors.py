@@ -26,3 +26,7 @@ class TrainingError(CodeslmError):
 
 class EvalError(CodeslmError):
     """Evaluation input (samples, tasks, run directories) that is unusable, or a sandbox that cannot start."""
+
+
+class TransferError(CodeslmError):
+    """A knowledge transfer that cannot run as asked (teacher, index or store mismatch, budget)."""

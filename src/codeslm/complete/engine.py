@@ -54,6 +54,12 @@ class CompletionSettings:
     knn_lambda: float | None = None
     ngram_cache: bool = True  # mix in what followed the last tokens in the file and chunks
     cache_size: int = 64  # keystroke cache entries
+    # Teacher-written items (`codeslm transfer`) retrieved beside the code chunks, nearest the
+    # cursor, at most `teacher_k` of them and `teacher_tokens` tokens (the n-gram cache reads
+    # them too).
+    teacher: bool = True
+    teacher_k: int = 2
+    teacher_tokens: int = 96
 
     def chunks_wanted(self) -> int:
         """Chunks to retrieve: the prompt's, and more when the n-gram cache reads more."""
@@ -102,6 +108,7 @@ class RetrievedChunk:
     # One of the best `k`, offered to the prompt (which keeps what fits); the others only feed
     # the n-gram cache.
     in_prompt: bool = True
+    kind: str = "code"  # "teacher" for an item a teacher model wrote about the code at these lines
 
 
 @dataclass
@@ -118,6 +125,12 @@ class CompletionResult:
     notes: list[str] = field(default_factory=list)
     # Other completions the beam search ended with, best first (for an editor's "next").
     alternatives: list[str] = field(default_factory=list)
+    teacher_items: int = 0  # teacher-written items among the retrieved ones
+
+    def teacher_summary(self) -> str:
+        """Which teacher items the completion saw, in one line ("" when none)."""
+        used = [h.symbol for h in self.retrieved if h.kind == "teacher"]
+        return f"teacher items: {len(used)} ({', '.join(used)})" if used else ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -345,14 +358,18 @@ class CompletionEngine:
             knn_lambda=settings.knn_lambda,
             notes=notes,
             alternatives=alternatives,
+            teacher_items=sum(h.kind == "teacher" for h in hits),
         )
 
     def _generate(self, request, prefix, suffix, fragment, hits, rule, settings, cancelled=None):
         from codeslm.model.prompt import build_prompt, prompt_budget
 
         t = time.perf_counter()
-        # Least relevant first, so the best chunk sits nearest the cursor.
-        context = [(h.path, h.text) for h in reversed(hits) if h.in_prompt] + list(request.extra_context)
+        # Least relevant first, so the best chunk sits nearest the cursor; teacher items, short and
+        # about how the code is used, nearer still.
+        code = [(h.path, h.text) for h in reversed(hits) if h.in_prompt and h.kind != "teacher"]
+        items = [(h.path, h.text) for h in reversed(hits) if h.in_prompt and h.kind == "teacher"]
+        context = code + items + list(request.extra_context)
         # Prompt and new tokens stay within the positions the model was trained on.
         budget = prompt_budget(self.model, settings.max_prompt_tokens, settings.new_tokens())
         prompt = build_prompt(self.tokenizer, prefix, suffix, context, self.repo_name, max_tokens=budget,
@@ -394,11 +411,21 @@ class CompletionEngine:
             exclude_files = (request.path,)
             notes.append(f"the index is stale for {request.path} (changed since indexing): "
                          "left it out of retrieval; re-run `codeslm index`")
+        from codeslm.index.store import TEACHER_KIND
+
+        exclude = (request.path, cursor_line) if request.path else None
         try:
             found = self.index.search_code(
-                query, k=settings.chunks_wanted() + 4, exclude=(request.path, cursor_line) if request.path else None,
-                exclude_files=exclude_files, mode=settings.mode,
+                query, k=settings.chunks_wanted() + 4, exclude=exclude,
+                exclude_files=exclude_files, mode=settings.mode, exclude_kinds=(TEACHER_KIND,),
             )
+            items = []
+            if settings.teacher and settings.teacher_k > 0 and self.index.teacher_items:
+                # The leak guard holds for items as for code: `exclude` leaves out every item
+                # derived from the cursor's chunk or from after the cursor in its file.
+                items = self.index.search_code(query, k=settings.teacher_k, exclude=exclude,
+                                               exclude_files=exclude_files, mode=settings.mode,
+                                               kind=TEACHER_KIND)
         except IndexFormatError as e:
             notes.append(f"completed without retrieval: {e}")
             return []
@@ -413,6 +440,14 @@ class CompletionEngine:
         hits = hits[: settings.chunks_wanted()]
         for hit in hits[settings.k :]:
             hit.in_prompt = False
+        spent = 0
+        for h in items:
+            cost = len(self.tokenizer(h.chunk.text, add_special_tokens=False)["input_ids"])
+            if spent + cost > settings.teacher_tokens:
+                break
+            spent += cost
+            hits.append(RetrievedChunk(h.chunk.path, h.chunk.start_line, h.chunk.end_line, h.chunk.symbol,
+                                       h.score, h.chunk.text, kind="teacher"))
         return hits
 
     def _stale(self, path: str, prefix: str, cursor_line: int) -> bool:
@@ -422,7 +457,7 @@ class CompletionEngine:
         holds at their lines; otherwise the index's line numbers cannot be trusted.
         """
         rows = self.index.store.db.execute(
-            "SELECT start_line, end_line, text FROM chunks WHERE path = ? AND end_line < ?",
+            "SELECT start_line, end_line, text FROM chunks WHERE path = ? AND end_line < ? AND kind != 'teacher'",
             (path, cursor_line),
         ).fetchall()
         if not rows:

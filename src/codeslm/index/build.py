@@ -16,13 +16,13 @@ import re
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from codeslm.chunking import CHUNKER_VERSION, chunk_file_text, language_for
+from codeslm.chunking import CHUNKER_VERSION, Chunk, chunk_file_text, language_for
 from codeslm.errors import CodeslmError, IndexFormatError
 from codeslm.index.bm25 import BM25Index, Vocabulary
 from codeslm.index.manifest import (
@@ -33,7 +33,7 @@ from codeslm.index.manifest import (
     read_manifest,
     write_manifest,
 )
-from codeslm.index.store import FileRecord, MetadataStore, bm25_text
+from codeslm.index.store import TEACHER_KIND, FileRecord, MetadataStore, bm25_text
 from codeslm.index.tokenize import code_tokens
 from codeslm.index.walk import DEFAULT_MAX_FILE_SIZE, UnusableFile, read_source, walk_repo
 
@@ -57,6 +57,8 @@ class IndexSummary:
     dense: bool = True
     up_to_date: bool = False
     knn_dropped: bool = False  # a kNN datastore of the code before this run was removed
+    teacher_items: int = 0  # teacher-written chunks (`codeslm transfer`) the index holds
+    teacher_dropped: int = 0  # of those, dropped with their changed or deleted files
     seconds: float = 0.0
 
 
@@ -170,7 +172,7 @@ def _next_generation(index_dir: Path, old: Manifest | None) -> int:
 
 
 def _update(repo, index_dir, old, summary, dense, embedding_model, max_file_size, progress):
-    from codeslm.index.dense import DenseIndex, Embedder, EmbeddingCache, embed_with_cache
+    from codeslm.index.dense import DenseIndex, Embedder
 
     embedder = Embedder(embedding_model) if dense else None
     rechunk_all = old is None or old.chunker_version != CHUNKER_VERSION
@@ -225,6 +227,7 @@ def _update(repo, index_dir, old, summary, dense, embedding_model, max_file_size
         old_store.close()
     vocab = Vocabulary(_load_vocab(index_dir / old.file("vocab")) if old and not rechunk_all else [])
 
+    teacher_before = len(store.ids_of_kind(TEACHER_KIND))
     dropped = [store.remove_file(p) for p in removed]
     added_ids = []
     for record, text in tqdm(todo, desc="chunking", unit="file", disable=not progress, leave=False):
@@ -242,32 +245,19 @@ def _update(repo, index_dir, old, summary, dense, embedding_model, max_file_size
     store.commit()
     summary.removed = len(removed)
     summary.files, summary.chunks = store.counts()
+    summary.teacher_items = len(store.ids_of_kind(TEACHER_KIND))
+    summary.teacher_dropped = teacher_before - summary.teacher_items
 
-    ids, token_ids = store.token_ids()
-    bm25_dir = index_dir / names.file("bm25")
-    bm25_dir.mkdir()
-    BM25Index.from_ids(token_ids, vocab).save(bm25_dir)
-    np.save(bm25_dir / "ids.npy", ids)
-    (index_dir / names.file("vocab")).write_text(json.dumps(vocab.tokens), encoding="utf-8")
-
+    _write_bm25(index_dir, names, store, vocab)
     if dense:
-        cache = EmbeddingCache(index_dir / EMBED_CACHE, embedder.name)
-        try:
-            if reembed_all:
-                index, new_ids = DenseIndex.empty(embedder.dim), ids
-            else:
-                index = DenseIndex.load(index_dir / old.file("dense"))
-                index.remove(np.concatenate(dropped) if dropped else np.zeros(0, np.int64))
-                new_ids = np.concatenate(added_ids) if added_ids else np.zeros(0, np.int64)
-            texts = store.chunk_texts(new_ids)
-            with tqdm(total=len(texts), desc="embedding", unit="chunk",
-                      disable=not progress or not texts, leave=False) as bar:
-                vectors = embed_with_cache(embedder, cache, texts, bar.update)
-            summary.embedded = len(texts)
-            index.add(new_ids, vectors)
-            index.save(index_dir / names.file("dense"))
-        finally:
-            cache.close()
+        if reembed_all:
+            base, new_ids, gone = DenseIndex.empty(embedder.dim), store.token_ids()[0], None
+        else:
+            base = DenseIndex.load(index_dir / old.file("dense"))
+            new_ids = np.concatenate(added_ids) if added_ids else np.zeros(0, np.int64)
+            gone = np.concatenate(dropped) if dropped else None
+        summary.embedded = _update_dense(index_dir, names, store, embedder, base, gone, new_ids,
+                                         progress)
     store.close()
 
     now = time.time()
@@ -282,10 +272,92 @@ def _update(repo, index_dir, old, summary, dense, embedding_model, max_file_size
         created=old.created if old else now,
         updated=now,
         stats={"files": summary.files, "chunks": summary.chunks,
-               "skipped": dict(summary.skipped), "parse_fallbacks": summary.parse_fallbacks},
+               "skipped": dict(summary.skipped), "parse_fallbacks": summary.parse_fallbacks,
+               **({"teacher_items": summary.teacher_items, "teacher": old.stats.get("teacher")}
+                  if old is not None and summary.teacher_items else {})},
     )
     write_manifest(index_dir, manifest)
     _remove_stale_files(index_dir, manifest)
+
+
+def _write_bm25(index_dir: Path, names: Manifest, store: MetadataStore, vocab: Vocabulary) -> None:
+    """The BM25 index of every chunk in `store` and its vocabulary, as generation `names`'s files."""
+    ids, token_ids = store.token_ids()
+    bm25_dir = index_dir / names.file("bm25")
+    bm25_dir.mkdir()
+    BM25Index.from_ids(token_ids, vocab).save(bm25_dir)
+    np.save(bm25_dir / "ids.npy", ids)
+    (index_dir / names.file("vocab")).write_text(json.dumps(vocab.tokens), encoding="utf-8")
+
+
+def _update_dense(index_dir, names, store, embedder, base, gone, new_ids, progress) -> int:
+    """Write `base` less the `gone` ids plus embeddings of the `new_ids` chunks as generation
+    `names`'s dense index; returns how many chunks were embedded (cached ones cost nothing)."""
+    from codeslm.index.dense import EmbeddingCache, embed_with_cache
+
+    cache = EmbeddingCache(index_dir / EMBED_CACHE, embedder.name)
+    try:
+        if gone is not None:
+            base.remove(gone)
+        texts = store.chunk_texts(new_ids)
+        with tqdm(total=len(texts), desc="embedding", unit="chunk",
+                  disable=not progress or not texts, leave=False) as bar:
+            vectors = embed_with_cache(embedder, cache, texts, bar.update)
+        base.add(new_ids, vectors)
+        base.save(index_dir / names.file("dense"))
+    finally:
+        cache.close()
+    return len(texts)
+
+
+@dataclass
+class ItemsSummary:
+    index_dir: Path
+    items: int = 0  # teacher items the index holds now
+    replaced: int = 0  # teacher items it held before
+    embedded: int = 0
+    upgraded: bool = False  # the index was written before teacher items existed
+
+
+def write_teacher_items(index_dir: str | Path, items: list[tuple[Chunk, dict]], teacher: dict,
+                        progress: bool = True) -> ItemsSummary:
+    """Replace the index's teacher items by `items` (`(chunk, provenance)`) as a new generation.
+
+    The repository's own chunks are kept as they are (and so is its kNN datastore); unchanged
+    items embed from the cache. An index written before teacher items existed is upgraded.
+    """
+    from codeslm.index.dense import DenseIndex, Embedder
+
+    index_dir = Path(index_dir)
+    with _lock(index_dir):
+        old = read_manifest(index_dir)
+        old_meta = index_dir / old.file("meta")
+        before = MetadataStore.open(old_meta)
+        summary = ItemsSummary(index_dir, upgraded=not before.has_teacher_items_table())
+        before.close()
+        _remove_stale_files(index_dir, old)
+        names = replace(old, generation=_next_generation(index_dir, old))
+        store = MetadataStore.copy(old_meta, index_dir / names.file("meta"))
+        gone = store.remove_teacher_items()
+        summary.replaced = len(gone)
+        vocab = Vocabulary(_load_vocab(index_dir / old.file("vocab")))
+        token_ids = [vocab.encode(code_tokens(bm25_text(c))) for c, _ in items]
+        new_ids = store.add_teacher_items(items, token_ids)
+        store.commit()
+        summary.items = len(new_ids)
+        files, chunks = store.counts()
+        _write_bm25(index_dir, names, store, vocab)
+        if old.dense:
+            base = DenseIndex.load(index_dir / old.file("dense"))
+            summary.embedded = _update_dense(index_dir, names, store, Embedder(old.embedding_model),
+                                             base, gone, new_ids, progress)
+        store.close()
+        manifest = replace(names, updated=time.time(),
+                           stats={**old.stats, "files": files, "chunks": chunks,
+                                  "teacher_items": len(new_ids), "teacher": teacher})
+        write_manifest(index_dir, manifest)
+        _remove_stale_files(index_dir, manifest)
+    return summary
 
 
 def _load_vocab(path: Path) -> list[str]:

@@ -48,6 +48,7 @@ class Index:
         self.bm25 = bm25
         self.dense = dense
         self._embedder = None
+        self._kinds: dict[str, np.ndarray] = {}
 
     @classmethod
     def open(cls, path: str | Path) -> Index:
@@ -73,9 +74,12 @@ class Index:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def search(self, query: str, k: int = 10, mode: str = "hybrid") -> list[Hit]:
-        """The `k` chunks best matching a natural-language or code `query`."""
-        return self._search(query, k, mode, np.zeros(0, dtype=np.int64))
+    def search(self, query: str, k: int = 10, mode: str = "hybrid", kind: str | None = None,
+               exclude_kinds=()) -> list[Hit]:
+        """The `k` chunks best matching a natural-language or code `query`; only chunks of
+        `kind` when given, none of `exclude_kinds`."""
+        excluded = self._kind_filter(kind, exclude_kinds)
+        return self._search(query, k, mode, excluded)
 
     def search_code(
         self,
@@ -84,16 +88,43 @@ class Index:
         exclude: tuple[str, int] | None = None,
         exclude_files=(),
         mode: str = "bm25",
+        kind: str | None = None,
+        exclude_kinds=(),
     ) -> list[Hit]:
         """Chunks like `code`, the text around a cursor.
 
         `exclude=(path, line)` drops the chunk of `path` holding `line` (1-based) and every chunk
-        of `path` after it; `exclude_files` drops whole files.
+        of `path` after it, and with them every teacher item derived from those lines;
+        `exclude_files` drops whole files. `kind`/`exclude_kinds` filter as in `search`.
         """
         excluded = list(self.store.ids_of_files(exclude_files))
         if exclude is not None:
             excluded += self.store.ids_at_or_after(*exclude)
-        return self._search(code, k, mode, np.array(sorted(set(excluded)), dtype=np.int64))
+        by_kind = self._kind_filter(kind, exclude_kinds)
+        ids = np.union1d(np.array(sorted(set(excluded)), dtype=np.int64), by_kind)
+        return self._search(code, k, mode, ids)
+
+    def ids_of_kind(self, kind: str) -> np.ndarray:
+        """Ids of the chunks of `kind` ("teacher", "function", ...), ascending."""
+        if kind not in self._kinds:
+            self._kinds[kind] = self.store.ids_of_kind(kind)
+        return self._kinds[kind]
+
+    @property
+    def teacher_items(self) -> int:
+        """How many teacher-written items (`codeslm transfer`) the index holds."""
+        from codeslm.index.store import TEACHER_KIND
+
+        return len(self.ids_of_kind(TEACHER_KIND))
+
+    def _kind_filter(self, kind: str | None, exclude_kinds) -> np.ndarray:
+        """Ids that the kind filters leave out."""
+        out = np.zeros(0, dtype=np.int64)
+        for other in exclude_kinds:
+            out = np.union1d(out, self.ids_of_kind(other))
+        if kind is not None:
+            out = np.union1d(out, np.setdiff1d(self.ids, self.ids_of_kind(kind), assume_unique=True))
+        return out
 
     def _search(self, query: str, k: int, mode: str, excluded: np.ndarray) -> list[Hit]:
         if mode not in MODES:

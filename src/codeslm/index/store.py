@@ -6,6 +6,7 @@ the current generation is never written to (except `touch_file`, a stat cache hi
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from dataclasses import dataclass
@@ -27,7 +28,11 @@ CREATE TABLE IF NOT EXISTS chunks (
     end_line INTEGER NOT NULL, text TEXT NOT NULL, token_ids BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path);
+CREATE TABLE IF NOT EXISTS teacher_items (
+    chunk_id INTEGER PRIMARY KEY, provenance TEXT NOT NULL
+);
 """
+TEACHER_KIND = "teacher"  # chunks a teacher model wrote (`codeslm.transfer`), not repository text
 _CHUNK_COLUMNS = "id, path, language, kind, symbol, start_line, end_line, text"
 
 
@@ -88,7 +93,60 @@ class MetadataStore:
         )
         self.db.execute("DELETE FROM chunks WHERE path = ?", (path,))
         self.db.execute("DELETE FROM files WHERE path = ?", (path,))
+        self._forget_items(ids)
         return ids
+
+    def _forget_items(self, ids: np.ndarray) -> None:
+        if len(ids) and self.has_teacher_items_table():
+            self.db.executemany("DELETE FROM teacher_items WHERE chunk_id = ?", [(int(i),) for i in ids])
+
+    def has_teacher_items_table(self) -> bool:
+        """False for an index written before teacher items existed (its copies gain the table)."""
+        row = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'teacher_items'").fetchone()
+        return row is not None
+
+    def remove_teacher_items(self) -> np.ndarray:
+        """Drop every teacher-written chunk; returns their ids."""
+        ids = self.ids_of_kind(TEACHER_KIND)
+        self.db.execute("DELETE FROM chunks WHERE kind = ?", (TEACHER_KIND,))
+        self._forget_items(ids)
+        return ids
+
+    def add_teacher_items(self, items: list[tuple[Chunk, dict]], token_ids: list[np.ndarray]) -> np.ndarray:
+        """Store teacher-written chunks (kind `teacher`) with their provenance; returns their ids."""
+        ids = []
+        for (chunk, provenance), tokens in zip(items, token_ids, strict=True):
+            if chunk.kind != TEACHER_KIND:
+                raise ValueError(f"a teacher item must have kind {TEACHER_KIND!r}, not {chunk.kind!r}")
+            cur = self.db.execute(
+                "INSERT INTO chunks (path, language, kind, symbol, start_line, end_line, text,"
+                " token_ids) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (chunk.path, chunk.language, chunk.kind, chunk.symbol, chunk.start_line,
+                 chunk.end_line, chunk.text, tokens.astype(np.int32).tobytes()),
+            )
+            self.db.execute("INSERT INTO teacher_items VALUES (?, ?)",
+                            (cur.lastrowid, json.dumps(provenance, sort_keys=True)))
+            ids.append(cur.lastrowid)
+        return np.array(ids, dtype=np.int64)
+
+    def ids_of_kind(self, kind: str) -> np.ndarray:
+        rows = self.db.execute("SELECT id FROM chunks WHERE kind = ? ORDER BY id", (kind,))
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def provenance(self, ids) -> dict[int, dict]:
+        """The provenance of teacher items among `ids`."""
+        if not self.has_teacher_items_table():
+            return {}
+        found = {}
+        for i in range(0, len(ids), 500):
+            part = [int(x) for x in ids[i : i + 500]]
+            marks = ",".join("?" * len(part))
+            for cid, text in self.db.execute(
+                f"SELECT chunk_id, provenance FROM teacher_items WHERE chunk_id IN ({marks})", part
+            ):
+                found[cid] = json.loads(text)
+        return found
 
     def add_file(self, record: FileRecord, chunks: list[Chunk], token_ids: list[np.ndarray]) -> np.ndarray:
         """Store a file and its chunks; returns the new chunk ids."""
