@@ -57,12 +57,17 @@ def _find_index_dir(index_dir: Path | None) -> Path:
               help="With --knn: the model whose hidden states are stored [default: the shipped one].")
 @click.option("--knn-max-tokens", type=click.IntRange(min=1), default=2_000_000, show_default=True,
               help="With --knn: store at most this many tokens.")
+@click.option("--knn-teacher", "knn_teacher", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="With --knn: the teacher whose next-token distributions the datastore stores; "
+                   "needs the student's tokenizer.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def index_cmd(path, index_dir, embedding_model, no_dense, max_file_size, rebuild, knn, model_dir,
-              knn_max_tokens, quiet):
+              knn_max_tokens, knn_teacher, quiet):
     """Index the repository at PATH (incrementally when its index exists)."""
     from codeslm.index import build_index
 
+    if knn_teacher is not None and not knn:
+        raise click.UsageError("--knn-teacher needs --knn: the teacher's distributions live in the kNN datastore")
     summary = build_index(
         path, index_dir, dense=not no_dense, embedding_model=embedding_model,
         max_file_size=max_file_size, rebuild=rebuild, progress=not quiet,
@@ -86,8 +91,10 @@ def index_cmd(path, index_dir, embedding_model, no_dense, max_file_size, rebuild
         from codeslm.model.knn import build_index_datastore
 
         store = build_index_datastore(summary.index_dir, model_dir, max_tokens=knn_max_tokens,
-                                      progress=not quiet)
-        click.echo(f"  kNN datastore: {store.meta['entries']} tokens of {store.meta['files']} files")
+                                      progress=not quiet, teacher_dir=knn_teacher)
+        teacher = store.meta["teacher"]
+        with_teacher = f", with teacher {teacher['name']}'s top-{teacher['top_k']} next tokens" if teacher else ""
+        click.echo(f"  kNN datastore: {store.meta['entries']} tokens of {store.meta['files']} files{with_teacher}")
 
 
 @cli.command("search")
