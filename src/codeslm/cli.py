@@ -104,19 +104,29 @@ def index_cmd(path, index_dir, embedding_model, no_dense, max_file_size, rebuild
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--mode", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid",
               show_default=True, help="hybrid fuses BM25 and dense by reciprocal rank.")
+@click.option("--kind", default=None, metavar="KIND",
+              help="Only chunks of this kind: teacher (items `codeslm transfer` wrote), function, class, ...")
+@click.option("--no-teacher", is_flag=True, help="Leave out teacher-written items.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def search_cmd(query, index_dir, k, mode, as_json):
+def search_cmd(query, index_dir, k, mode, kind, no_teacher, as_json):
     """Search an index for QUERY (natural language or code)."""
     import json
 
     from codeslm.index import Index
+    from codeslm.index.store import TEACHER_KIND
 
-    hits = Index.open(_find_index_dir(index_dir)).search(query, k=k, mode=mode)
+    if kind == TEACHER_KIND and no_teacher:
+        raise click.UsageError("--kind teacher and --no-teacher exclude each other")
+    index = Index.open(_find_index_dir(index_dir))
+    hits = index.search(query, k=k, mode=mode, kind=kind,
+                        exclude_kinds=(TEACHER_KIND,) if no_teacher else ())
+    provenance = index.store.provenance([h.id for h in hits if h.chunk.kind == TEACHER_KIND])
     if as_json:
         click.echo(json.dumps([
             {"path": h.chunk.path, "start_line": h.chunk.start_line, "end_line": h.chunk.end_line,
              "kind": h.chunk.kind, "symbol": h.chunk.symbol, "language": h.chunk.language,
-             "score": h.score, "text": h.chunk.text} for h in hits
+             "score": h.score, "text": h.chunk.text,
+             **({"provenance": provenance[h.id]} if h.id in provenance else {})} for h in hits
         ], indent=2))
         return
     if not hits:
@@ -125,6 +135,10 @@ def search_cmd(query, index_dir, k, mode, as_json):
         c = h.chunk
         click.secho(f"{c.path}:{c.start_line}-{c.end_line}", fg="cyan", nl=False)
         click.echo(f"  {c.kind} {c.symbol}  score={h.score:.4f}".rstrip())
+        if h.id in provenance:
+            p = provenance[h.id]
+            click.echo(f"    (by {p['teacher']} {p['teacher_sha256'][:12]}, {p['template']}, "
+                       f"{p['verified']}, {p['created']})")
         for line in c.text.strip("\n").splitlines()[:4]:
             click.echo(f"    {line}")
 
@@ -348,13 +362,15 @@ def train_cmd(recipe, resume, until_step, export_latest, quiet, **overrides):
 @click.option("--no-ngram-cache", is_flag=True,
               help="Do not mix in what followed the last tokens elsewhere in the file and the "
                    "retrieved chunks (its weights suit the shipped model).")
+@click.option("--no-teacher", is_flag=True,
+              help="Do not retrieve teacher-written items (`codeslm transfer`) beside the code.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or auto.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads; decoding one token at a time is fastest on one.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the completion with retrieved chunks, prompt size and time split.")
 def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval, mode, repocoder,
-                 knn_lambda, beams, no_ngram_cache, device, threads, as_json):
+                 knn_lambda, beams, no_ngram_cache, no_teacher, device, threads, as_json):
     """Complete the code in FILE at --line/--col with retrieval from the repository's index."""
     import json
 
@@ -371,7 +387,7 @@ def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval,
             index_dir = None
     settings = CompletionSettings(multiline=multiline, retrieval=not no_retrieval, mode=mode,
                                   repocoder=repocoder, knn_lambda=knn_lambda, beams=beams,
-                                  ngram_cache=not no_ngram_cache)
+                                  ngram_cache=not no_ngram_cache, teacher=not no_teacher)
     engine = CompletionEngine.open(model_dir, index_dir, settings, device=device)
     result = engine.complete_file(file, line, col)
     if index_dir is None and not no_retrieval:
@@ -383,6 +399,8 @@ def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval,
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(result.text)
+    if result.teacher_summary():
+        click.echo(result.teacher_summary(), err=True)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
 
@@ -583,8 +601,9 @@ def eval_compare_cmd(runs, out_dir):
 # Commands that live beside the code they drive (each module keeps its heavy imports inside).
 from codeslm.serve.commands import lsp_cmd, serve_cmd  # noqa: E402
 from codeslm.train.ablate_cli import ablate_cmd  # noqa: E402
+from codeslm.transfer.commands import transfer_cmd  # noqa: E402
 
-for _command in (serve_cmd, lsp_cmd, ablate_cmd):
+for _command in (serve_cmd, lsp_cmd, ablate_cmd, transfer_cmd):
     cli.add_command(_command)
 
 
