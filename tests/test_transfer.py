@@ -163,6 +163,7 @@ def test_filter_drops_unparsable_and_missing_symbol_examples():
     undefined = verifier.check_call(imp + "result = paint_widget(color, 2)", "paint_widget", unit.signature,
                                     False, "")
     assert undefined.reason == "uses undefined names (color)"
+    assert Verifier.check_summary("Returns the result of the result of the result", "f").reason == "repeats itself"
     assert Verifier.check_summary("1.2.2.2.2.2.2.2.2.2.2 and so", "paint_widget").reason != ""
 
 

@@ -187,7 +187,8 @@ def transfer(repo: str | Path, teacher_dir: str | Path | None, index_dir: str | 
             deadline = t + MAX_SAMPLE_SECONDS
             if options.budget.minutes is not None:
                 deadline = min(deadline, started + options.budget.minutes * 60)
-            samples = teacher.sample(request.ask.prompt, options.sampling, deadline=deadline)
+            samples = teacher.sample(request.ask.prompt, options.sampling, deadline=deadline,
+                                     lstrip=request.ask.kind == "summary")
             if sandbox is None and samples and runnable:
                 from codeslm.eval.sandbox import Limits, Sandbox
 

@@ -115,9 +115,11 @@ class Teacher:
 
     @torch.inference_mode()
     def sample(self, prompt: str, sampling: Sampling, stop: str = "\n",
-               deadline: float | None = None) -> list[Sample]:
+               deadline: float | None = None, lstrip: bool = False) -> list[Sample]:
         """`sampling.samples` continuations of `prompt`, each cut before `stop` (distinct ones,
-        most probable first). Sampling stops early at `deadline` (a `time.monotonic()` value)."""
+        most probable first). With `lstrip`, leading whitespace is dropped and does not stop it
+        (a docstring may start on the next line). Sampling stops early at `deadline` (a
+        `time.monotonic()` value)."""
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         room = self.max_positions - sampling.max_new_tokens
         if room < 8:
@@ -149,6 +151,8 @@ class Teacher:
                 rows[r].append(token)
                 log_probs[r] += float(natural[r, token])
                 texts[r] = self.tokenizer.decode(rows[r])
+                if lstrip:
+                    texts[r] = texts[r].lstrip()
                 if stop and stop in texts[r]:
                     texts[r] = texts[r][: texts[r].index(stop)]
                     done[r] = True

@@ -207,6 +207,10 @@ class Verifier:
             return Check("not prose (mostly digits or symbols)")
         if any(s in text for s in ("def ", "return ", "(self", "import ", "==", "):")):
             return Check("code, not prose")
+        lowered = [w.lower() for w in words]
+        trigrams = list(zip(lowered, lowered[1:], lowered[2:]))
+        if len(set(trigrams)) < len(trigrams):
+            return Check("repeats itself")
         name_words = set(re.findall(r"[a-z]+", symbol.lower().replace("_", " ")))
         if {w.lower() for w in words} <= name_words:
             return Check("only repeats the name")
