@@ -283,3 +283,53 @@ def test_reindexing_a_changed_file_drops_its_items(library, teacher_dir, tmp_pat
     # The next transfer restores them from its cache: no unit's text changed.
     report = transfer(repo, teacher_dir, index_dir, options=OPTIONS, progress=False)
     assert report.answered == 0 and report.items >= 1
+
+
+def test_cli_transfer_with_token_level_store_raises_the_teachers_token(library, teacher_dir, student, tmp_path):
+    import torch
+
+    from codeslm.cli import cli
+    from codeslm.model.knn import KnnDatastore
+    from codeslm.model.loading import load_model
+
+    student_dir = tmp_path / "student"
+    student[0].save_pretrained(student_dir)
+    student[1].save_pretrained(student_dir)
+    index_dir = tmp_path / "index"
+    build_index(library, index_dir, dense=False, progress=False)
+    out = CliRunner().invoke(cli, ["transfer", str(library), "--teacher", str(teacher_dir), "--index-dir",
+                                   str(index_dir), "--samples", "3", "--token-level", "--student",
+                                   str(student_dir), "--json", "-q"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["items"] >= 1 and report["token_store"]["teacher"] == "nano-teacher"
+    assert report["tally"]["kept"]["usage"] >= 1
+
+    model, tokenizer = load_model(student_dir, device="cpu")
+    teacher, _ = load_model(teacher_dir, device="cpu")
+    store = KnnDatastore.load(index_dir, model)
+    assert store.meta["teacher"]["name"] == "nano-teacher"
+    # Where the teacher's next token differs from the repository's, the store makes the student
+    # likelier to write the teacher's.
+    block = "<file_sep>app/main.py\n" + MAIN + MAIN_AFTER
+    ids = tokenizer(block, add_special_tokens=False)["input_ids"]
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        out_s = model(input_ids=x, output_hidden_states=True)
+        guesses = teacher(input_ids=x).logits[0].argmax(-1).tolist()
+    start = len(tokenizer("<file_sep>app/main.py\n" + MAIN.split("paint_widget(")[0] + "    result",
+                          add_special_tokens=False)["input_ids"])
+    position = next(i for i in range(start, len(ids) - 1) if guesses[i] != ids[i + 1])
+    wanted = guesses[position]
+    log_p = torch.log_softmax(out_s.logits[0, position].float(), -1)
+    hidden = out_s.hidden_states[-1][0, position]
+    mixed = store.interpolate(log_p, hidden, lam=0.5)
+    assert float(mixed.exp().sum()) == pytest.approx(1.0, abs=1e-4)
+    assert float(mixed[wanted].exp()) > 5 * float(log_p[wanted].exp())
+    store.teacher_share = 0.0  # the one-hot values alone do not hold it
+    assert float(store.interpolate(log_p, hidden, lam=0.5)[wanted].exp()) < 0.5 * float(mixed[wanted].exp())
+
+    # A second run with another teacher is refused, and the store is kept.
+    again = CliRunner().invoke(cli, ["transfer", str(library), "--teacher", str(student_dir), "--index-dir",
+                                     str(index_dir), "-q"])
+    assert again.exit_code != 0 and "--replace-teacher" in str(again.exception)
