@@ -215,6 +215,10 @@ def test_budget_stops_cleanly_and_a_rerun_continues(library, teacher_dir, tmp_pa
     assert first.items == 1 and (index_dir / CACHE_FILE).is_file()
     rest = transfer(library, teacher_dir, index_dir, options=OPTIONS, progress=False)
     assert rest.from_cache == first.answered and rest.left == 0 and rest.items >= first.items
+    build_index(library, tmp_path / "index-2", dense=False, progress=False)
+    slow = transfer(library, teacher_dir, tmp_path / "index-2", progress=False,
+                    options=TransferOptions(sampling=OPTIONS.sampling, budget=Budget(minutes=1e-5)))
+    assert slow.stopped.startswith("teacher too slow") and slow.answered == 0 and slow.items == 0
     assert Budget.parse("15min") == Budget(minutes=15) and Budget.parse("200") == Budget(items=200)
     with pytest.raises(TransferError, match="not a number of items"):
         Budget.parse("lots")

@@ -401,6 +401,10 @@ def complete_cmd(file, line, col, index_dir, model_dir, multiline, no_retrieval,
     click.echo(result.text)
     if result.teacher_summary():
         click.echo(result.teacher_summary(), err=True)
+    teacher = engine.knn.meta.get("teacher") if engine.knn is not None else None
+    if teacher:
+        click.echo(f"kNN datastore with teacher {teacher['name']}'s top-{teacher['top_k']} next tokens "
+                   f"(share {engine.knn.teacher_share:g}), weight {result.knn_lambda:g}", err=True)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
 

@@ -179,7 +179,7 @@ def transfer(repo: str | Path, teacher_dir: str | Path | None, index_dir: str | 
                 report.from_cache += 1
         bar = tqdm(todo, desc=f"teacher {teacher.name}", unit="request", disable=not progress or not todo)
         for request in bar:
-            stop = _over_budget(options.budget, report, started)
+            stop = _over_budget(options.budget, report, started) if report.answered else ""
             if stop:
                 report.stopped = stop
                 break
