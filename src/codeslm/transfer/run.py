@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from codeslm.chunking import Chunk
@@ -272,27 +273,25 @@ def _requests(modules: dict[str, ModuleUnits], options: TransferOptions, builder
                 continue
             if "usage" in options.item_kinds and unit.public:
                 ask = builder.usage(unit)
-                program = verifier.usage_program(unit.module)
                 receiver = frozenset([ask.local.split(".")[0]]) if unit.kind == "method" else frozenset()
-                add(unit, ask, lambda text, ask=ask, unit=unit, program=program, receiver=receiver:
-                    verifier.check_call(text, ask.local, unit.signature, runnable and unit.pure, program,
-                                        receiver))
+                add(unit, ask, partial(verifier.check_call, local=ask.local, signature=unit.signature,
+                                       runnable=runnable and unit.pure,
+                                       program=verifier.usage_program(unit.module), given=receiver))
             if "external" in options.item_kinds:
                 for target, local in unit.externals[: options.externals_per_unit]:
                     if target in asked_externals:
                         continue
                     asked_externals.add(target)
-                    ask = builder.external(unit, module, target, local)
-                    add(unit, ask, lambda text, ask=ask, target=target: _check_external(
-                        verifier, text, ask.local, target, runnable))
-            if "summary" in options.item_kinds:
+                    add(unit, builder.external(unit, module, target, local),
+                        partial(_check_external, verifier, local=local, target=target, runnable=runnable))
+            if "summary" in options.item_kinds and not unit.name.startswith("__"):
                 ask = builder.summary(unit)
-                if ask is not None and not unit.name.startswith("__"):
-                    add(unit, ask, lambda text, unit=unit: Verifier.check_summary(text, unit.symbol))
+                if ask is not None:
+                    add(unit, ask, partial(Verifier.check_summary, symbol=unit.symbol))
     return out
 
 
-def _check_external(verifier: Verifier, text: str, local: str, target: str, runnable: bool) -> Check:
+def _check_external(verifier: Verifier, text: str, *, local: str, target: str, runnable: bool) -> Check:
     exists, signature = verifier.external(target)
     if not exists:
         return Check(f"calls a missing symbol ({target})")
