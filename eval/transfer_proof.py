@@ -134,7 +134,7 @@ def main() -> None:
         report = transfer(repo, None, index_dir, teacher=teacher, progress=True,
                           options=TransferOptions(item_kinds=("usage", "external"),
                                                   budget=Budget.parse(args.budget)))
-        token = build_token_store(index_dir, args.teacher, student_dir, replace=True, progress=True)
+        token = build_token_store(index_dir, args.teacher, student_dir, progress=True)
         onehot = KnnDatastore.build(*student, code_files(index_dir), progress=False)
         with_teacher = KnnDatastore.load(index_dir, student[0])
         store = {"teacher_minutes_total": (report.teacher_seconds + _cached_seconds(index_dir)) / 60,

@@ -333,6 +333,14 @@ def test_cli_transfer_with_token_level_store_raises_the_teachers_token(library, 
     store.teacher_share = 0.0  # the one-hot values alone do not hold it
     assert float(store.interpolate(log_p, hidden, lam=0.5)[wanted].exp()) < 0.5 * float(mixed[wanted].exp())
 
+    # A re-run with the same models keeps the store (the code did not change) and asks nothing.
+    rerun = CliRunner().invoke(cli, ["transfer", str(library), "--teacher", str(teacher_dir), "--index-dir",
+                                     str(index_dir), "--samples", "3", "--token-level", "--student",
+                                     str(student_dir), "--json", "-q"])
+    again_report = json.loads(rerun.output)
+    assert again_report["token_store"]["up_to_date"] and again_report["answered"] == 0
+    assert not report["token_store"]["up_to_date"]
+
     # A second run with another teacher is refused, and the store is kept.
     again = CliRunner().invoke(cli, ["transfer", str(library), "--teacher", str(student_dir), "--index-dir",
                                      str(index_dir), "-q"])

@@ -95,7 +95,8 @@ def transfer_cmd(path, teacher_dir, index_dir, unit_kinds, item_kinds, budget, s
     if report.upgraded:
         click.echo("  upgraded the index, written before teacher items existed")
     if report.token_store:
-        click.echo(f"  token-level store: {report.token_store['entries']} positions, teacher top-"
-                   f"{report.token_store['top_k']} for student {report.token_store['student']}")
+        ts = report.token_store
+        click.echo(f"  token-level store: {ts['entries']} positions, teacher top-{ts['top_k']} for student "
+                   f"{ts['student']}" + (" (up to date)" if ts["up_to_date"] else ""))
     if report.stopped:
         click.echo(f"stopped early: {report.stopped}; run again to continue", err=True)

@@ -19,7 +19,8 @@ from codeslm.errors import ModelError
 from codeslm.transfer.units import ModuleUnits, Unit, import_line
 
 ITEM_KINDS = ("usage", "external", "summary")
-TEMPLATE_VERSIONS = {"usage": "usage-v1", "external": "external-v1", "summary": "summary-v1"}
+# Version 2: the teacher re-writes the prompt's last token (token healing).
+TEMPLATE_VERSIONS = {"usage": "usage-v2", "external": "external-v2", "summary": "summary-v2"}
 SOURCE_TOKENS = 320  # of the unit's own text shown to the teacher
 
 

@@ -77,6 +77,7 @@ class Teacher:
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         self._eos = {tokenizer.eos_token_id}
         self._banned = sorted(set(tokenizer.all_special_ids) - self._eos)
+        self._token_texts: list[str] | None = None
 
     @classmethod
     def load(cls, path: str | Path | None, device: str = "cpu") -> Teacher:
@@ -113,18 +114,42 @@ class Teacher:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @property
+    def token_texts(self) -> list[str]:
+        """The text of every token id, for token healing."""
+        if self._token_texts is None:
+            self._token_texts = [self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
+        return self._token_texts
+
+    def _heal_mask(self, remaining: str, width: int) -> torch.Tensor:
+        """True for tokens that a text still to be written as `remaining` may start with."""
+        ok = torch.zeros(width, dtype=torch.bool)
+        for i, t in enumerate(self.token_texts[:width]):
+            if t and (remaining.startswith(t) or t.startswith(remaining)):
+                ok[i] = True
+        return ok
+
     @torch.inference_mode()
     def sample(self, prompt: str, sampling: Sampling, stop: str = "\n",
                deadline: float | None = None, lstrip: bool = False) -> list[Sample]:
         """`sampling.samples` continuations of `prompt`, each cut before `stop` (distinct ones,
         most probable first). With `lstrip`, leading whitespace is dropped and does not stop it
         (a docstring may start on the next line). Sampling stops early at `deadline` (a
-        `time.monotonic()` value)."""
+        `time.monotonic()` value).
+
+        The prompt's last token is taken back and re-written (token healing): a prompt that ends
+        in `name(` ends mid-token for a tokenizer that merges `("` or `()`, and after a lone `(`
+        token the teacher has mostly seen a line break.
+        """
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         room = self.max_positions - sampling.max_new_tokens
         if room < 8:
             raise ModelError(f"{self.name} has only {self.max_positions} positions: too few to write anything")
         ids = ids[-room:]
+        heal = ""
+        if len(ids) > 1 and ids[-1] not in self.tokenizer.all_special_ids:
+            heal = self.token_texts[ids[-1]]
+            ids = ids[:-1]
         device = next(self.model.parameters()).device
         n = sampling.samples
         generator = torch.Generator().manual_seed(sampling.seed)
@@ -132,6 +157,7 @@ class Teacher:
         log_probs = [0.0] * n
         done = [False] * n
         texts = [""] * n
+        written = [""] * n  # decoded rows, the healed text included
         # The prompt is read once and its cache copied to every row.
         out, past = forward_cached(self.model, None, input_ids=torch.tensor([ids], device=device),
                                    logits_to_keep=1)
@@ -139,6 +165,10 @@ class Teacher:
         logits = out.logits[:, -1].float().cpu().expand(n, -1).clone()
         for _ in range(sampling.max_new_tokens):
             logits[:, self._banned] = -math.inf
+            for r in range(n):
+                if len(written[r]) < len(heal):
+                    allowed = self._heal_mask(heal[len(written[r]):], logits.shape[1])
+                    logits[r, ~allowed] = -math.inf
             chosen = _sample_rows(logits, sampling, generator)
             natural = torch.log_softmax(logits, dim=-1)
             for r in range(n):
@@ -150,7 +180,10 @@ class Teacher:
                     continue
                 rows[r].append(token)
                 log_probs[r] += float(natural[r, token])
-                texts[r] = self.tokenizer.decode(rows[r])
+                written[r] = self.tokenizer.decode(rows[r])
+                if len(written[r]) < len(heal):
+                    continue
+                texts[r] = written[r][len(heal):]
                 if lstrip:
                     texts[r] = texts[r].lstrip()
                 if stop and stop in texts[r]:
