@@ -82,3 +82,27 @@ def test_a_corrupt_index_is_rebuilt(tmp_path):
     finally:
         ws.close()
         scheduler.close()
+
+
+def test_teacher_items_written_by_another_process_are_served_after_the_next_update(tmp_path):
+    from codeslm.transfer import TransferOptions, transfer
+    from codeslm.transfer.teacher import Sampling
+
+    repo = sample_copy(tmp_path)
+    model, tokenizer = load_model(None, device="cpu")
+    scheduler = CompletionScheduler()
+    index_dir = tmp_path / "index"
+    ws = Workspace(repo, model, tokenizer, scheduler, index_dir=index_dir, dense=False, watch=False)
+    ws.start()
+    try:
+        assert wait_for(lambda: ws.status.state == "ready"), ws.status
+        assert ws.engine.index.teacher_items == 0
+        # The shipped model as its own teacher, a few requests only.
+        report = transfer(repo, None, index_dir, progress=False, options=TransferOptions(
+            item_kinds=("usage",), sampling=Sampling(samples=2, max_new_tokens=16)))
+        assert report.items > 0
+        ws.changed()
+        assert wait_for(lambda: ws.engine.index.teacher_items == report.items), ws.status
+    finally:
+        ws.close()
+        scheduler.close()

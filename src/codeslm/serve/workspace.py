@@ -224,7 +224,8 @@ class Workspace:
             self.status.updating = False
             self.status.progress = ""
             _restore_threads(self.threads)
-        changed = not summary.up_to_date or self._generation == 0
+        # A generation written by another process (`codeslm transfer` adding teacher items) counts.
+        changed = not summary.up_to_date or self._generation != _current_generation(self.index_dir)
         if changed:
             self._switch()
         message = (f"{summary.files} files, {summary.chunks} chunks "
@@ -345,3 +346,12 @@ class WorkspaceSet:
     def close(self) -> None:
         for ws in self.items.values():
             ws.close()
+
+
+def _current_generation(index_dir: Path) -> int:
+    from codeslm.index.manifest import read_manifest
+
+    try:
+        return read_manifest(index_dir).generation
+    except CodeslmError:
+        return -1
