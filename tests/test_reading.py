@@ -109,6 +109,23 @@ def test_reading_rows_are_engine_prompts_with_loss_on_the_line_only(corpus_dir):
         assert start == target and not mask[:start].any() and mask[start:].all()
 
 
+def test_a_stream_resumed_after_a_pass_over_its_reading_rows_sees_the_same_rows(corpus_dir):
+    """The second pass over the reading examples has its own order, which a restored stream must
+    take up again (it kept the first pass's order until a retrieval row came)."""
+    corpus = Corpus.open(corpus_dir)
+    tokenizer = corpus.load_tokenizer()
+    examples = build_reading_examples(corpus, tokenizer, 1000, 1, 0, 192, progress=False)
+    settings = StreamSettings(192, 0.5, 1.0, 0.0, 0, reading_rate=1.0)
+    whole = TrainingStream(corpus.splits["train"], tokenizer, settings, reading=examples)
+    for _ in range(len(examples) + 3):
+        whole.next_row()
+    assert whole.rd_epoch == 1
+    resumed = TrainingStream(corpus.splits["train"], tokenizer, settings, reading=examples)
+    resumed.restore(whole.state())
+    for _ in range(8):
+        assert np.array_equal(whole.next_row()[0], resumed.next_row()[0])
+
+
 def test_the_reading_recipe_loads_and_its_runs_resume(corpus_dir, tmp_path):
     from codeslm.train.pretrain import train
 

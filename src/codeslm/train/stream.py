@@ -143,8 +143,6 @@ class TrainingStream:
         if self.r_pos == len(self._r_order):
             self.r_epoch, self.r_pos = self.r_epoch + 1, 0
             self._r_order = self._permutation(len(self.contexts), 1, self.r_epoch)
-        if self.reading is not None:
-            self._rd_order = self._permutation(len(self.reading), 2, self.rd_epoch)
         i = int(self._r_order[self.r_pos])
         self.r_pos += 1
         context = self.contexts.context(i).astype(np.int64)
@@ -266,6 +264,8 @@ class TrainingStream:
         self._order = self._permutation(len(self.split.docs), 0, self.epoch)
         if self.contexts is not None:
             self._r_order = self._permutation(len(self.contexts), 1, self.r_epoch)
+        if self.reading is not None:
+            self._rd_order = self._permutation(len(self.reading), 2, self.rd_epoch)
 
 
 def validation_rows(
