@@ -115,7 +115,7 @@ def main() -> None:
 
     from codeslm.eval.report import new_run_dir
     from codeslm.index import Index, build_index
-    from codeslm.transfer import Budget, TransferOptions, transfer
+    from codeslm.transfer.run import Budget, TransferOptions, transfer
 
     torch.set_num_threads(1)
     run_dir = new_run_dir("nl-search", args.out)

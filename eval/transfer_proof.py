@@ -113,7 +113,7 @@ def main() -> None:
     from codeslm.index import Index, build_index
     from codeslm.model.knn import KnnDatastore
     from codeslm.model.loading import load_model
-    from codeslm.transfer import Budget, TransferOptions, transfer
+    from codeslm.transfer.run import Budget, TransferOptions, transfer
     from codeslm.transfer.teacher import Teacher
     from codeslm.transfer.token_store import build_token_store
 

@@ -85,7 +85,7 @@ def test_a_corrupt_index_is_rebuilt(tmp_path):
 
 
 def test_teacher_items_written_by_another_process_are_served_after_the_next_update(tmp_path):
-    from codeslm.transfer import TransferOptions, transfer
+    from codeslm.transfer.run import TransferOptions, transfer
     from codeslm.transfer.teacher import Sampling
 
     repo = sample_copy(tmp_path)

@@ -27,8 +27,8 @@ from transfer_fixtures import (
 from codeslm.complete import CompletionEngine, CompletionRequest, CompletionSettings
 from codeslm.errors import ModelError, TransferError
 from codeslm.index import Index, build_index
-from codeslm.transfer import Budget, TransferOptions, transfer
 from codeslm.transfer.cache import CACHE_FILE
+from codeslm.transfer.run import Budget, TransferOptions, transfer
 from codeslm.transfer.teacher import Sampling, Teacher
 from codeslm.transfer.units import local_packages, parse_module
 from codeslm.transfer.verify import Verifier

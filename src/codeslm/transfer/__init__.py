@@ -1,8 +1,5 @@
 """Knowledge transfer: a larger teacher writes verified items into an index for a tiny model.
 
-`transfer(repo, teacher_dir)` runs it; `codeslm transfer` is its command.
+`codeslm.transfer.run.transfer(repo, teacher_dir)` runs it; `codeslm transfer` is its command.
+Nothing is imported here, so the command line starts without loading torch.
 """
-
-from codeslm.transfer.run import Budget, TransferOptions, TransferReport, transfer
-
-__all__ = ["Budget", "TransferOptions", "TransferReport", "transfer"]
