@@ -46,22 +46,6 @@ def ensure_student(path: Path) -> Path:
     return path
 
 
-def code_files(index_dir: Path) -> list[tuple[str, str]]:
-    from codeslm.index import Index
-
-    index = Index.open(index_dir)
-    repo = Path(index.manifest.repo)
-    paths = sorted(p for p, r in index.store.files().items() if r.language not in ("markdown", "rst", "text"))
-    index.close()
-    files = []
-    for path in paths:
-        try:
-            files.append((path, (repo / path).read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError):
-            continue
-    return files
-
-
 def evaluate(name, engine, task, examples) -> dict:
     from tqdm import tqdm
 
@@ -111,7 +95,7 @@ def main() -> None:
     from codeslm.eval.repo_lines import RepoLines
     from codeslm.eval.report import new_run_dir
     from codeslm.index import Index, build_index
-    from codeslm.model.knn import KnnDatastore
+    from codeslm.model.knn import KnnDatastore, index_code_files
     from codeslm.model.loading import load_model
     from codeslm.transfer.run import Budget, TransferOptions, transfer
     from codeslm.transfer.teacher import Teacher
@@ -135,7 +119,7 @@ def main() -> None:
                           options=TransferOptions(item_kinds=("usage", "external"),
                                                   budget=Budget.parse(args.budget)))
         token = build_token_store(index_dir, args.teacher, student_dir, progress=True)
-        onehot = KnnDatastore.build(*student, code_files(index_dir), progress=False)
+        onehot = KnnDatastore.build(*student, index_code_files(index_dir), progress=False)
         with_teacher = KnnDatastore.load(index_dir, student[0])
         store = {"teacher_minutes_total": (report.teacher_seconds + _cached_seconds(index_dir)) / 60,
                  "transfer_minutes_this_run": (time.time() - started) / 60, "items": report.items,

@@ -423,17 +423,9 @@ def _distance_scale(index, keys: np.ndarray) -> float:
     return float(np.median(apart)) if len(apart) else 1.0
 
 
-def build_index_datastore(index_dir: str | Path, model_dir: str | Path | None = None, *,
-                          loaded: tuple | None = None, max_tokens: int = 2_000_000,
-                          device: str = "auto", progress: bool = True,
-                          teacher_dir: str | Path | None = None, teacher_loaded: tuple | None = None,
-                          teacher_top_k: int = 8, teacher_share: float = 0.5) -> KnnDatastore:
-    """Build and save the datastore of the index in `index_dir` with a model (default: ours), or
-    with an already loaded `(model, tokenizer)`; with the teacher in `teacher_dir` (named after
-    the directory: "default-model" for the shipped one) or an already loaded
-    `(model, tokenizer, name)`, each entry also holds the teacher's top-k next tokens."""
+def index_code_files(index_dir: str | Path) -> list[tuple[str, str]]:
+    """`(path, text)` of the code files an index holds, read from its repository as they are now."""
     from codeslm.index import Index
-    from codeslm.model.loading import load_model
 
     index = Index.open(index_dir)
     try:
@@ -447,6 +439,21 @@ def build_index_datastore(index_dir: str | Path, model_dir: str | Path | None = 
             files.append((path, (repo / path).read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError):
             continue  # deleted or rewritten since indexing; the next `codeslm index` catches up
+    return files
+
+
+def build_index_datastore(index_dir: str | Path, model_dir: str | Path | None = None, *,
+                          loaded: tuple | None = None, max_tokens: int = 2_000_000,
+                          device: str = "auto", progress: bool = True,
+                          teacher_dir: str | Path | None = None, teacher_loaded: tuple | None = None,
+                          teacher_top_k: int = 8, teacher_share: float = 0.5) -> KnnDatastore:
+    """Build and save the datastore of the index in `index_dir` with a model (default: ours), or
+    with an already loaded `(model, tokenizer)`; with the teacher in `teacher_dir` (named after
+    the directory: "default-model" for the shipped one) or an already loaded
+    `(model, tokenizer, name)`, each entry also holds the teacher's top-k next tokens."""
+    from codeslm.model.loading import load_model
+
+    files = index_code_files(index_dir)
     model, tokenizer = loaded or load_model(model_dir, device=device)
     teacher = teacher_loaded
     if teacher is None and teacher_dir is not None:

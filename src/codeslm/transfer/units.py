@@ -225,7 +225,8 @@ def _unit(found: ModuleUnits, node, kind: str, symbol: str, lines: list[str],
     )
 
 
-def _dotted(node) -> str | None:
+def dotted_name(node) -> str | None:
+    """`a.b.c` for a name or attribute chain, None for anything else (a call, a subscript)."""
     parts = []
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)
@@ -241,7 +242,7 @@ def _looks_pure(node, imports: dict[str, str]) -> bool:
         if isinstance(child, (ast.Global, ast.Nonlocal, ast.Await, ast.Yield, ast.YieldFrom)):
             return False
         if isinstance(child, ast.Call):
-            name = _dotted(child.func)
+            name = dotted_name(child.func)
             if name is None:
                 continue
             head = name.split(".")[0]
@@ -257,7 +258,7 @@ def _external_calls(node, imports: dict[str, str], local_packages: set[str]) -> 
     for child in ast.walk(node):
         if not isinstance(child, ast.Call):
             continue
-        name = _dotted(child.func)
+        name = dotted_name(child.func)
         if name is None:
             continue
         head, _, rest = name.partition(".")

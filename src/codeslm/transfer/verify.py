@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codeslm.transfer.units import ModuleUnits, Signature, is_stdlib
+from codeslm.transfer.units import ModuleUnits, Signature, dotted_name, is_stdlib
 
 # Standard-library modules whose callables compute without side effects: their examples run.
 PURE_STDLIB = {"re", "math", "cmath", "string", "itertools", "functools", "collections", "json",
@@ -68,17 +68,6 @@ def _call_shape(call: ast.Call) -> tuple[int, set[str], bool]:
     positional = [a for a in call.args if not isinstance(a, ast.Starred)]
     starred = len(positional) != len(call.args) or any(k.arg is None for k in call.keywords)
     return len(positional), {k.arg for k in call.keywords if k.arg}, starred
-
-
-def _dotted(node) -> str | None:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-        return ".".join(reversed(parts))
-    return None
 
 
 def _bound_names(tree: ast.Module) -> set[str]:
@@ -128,12 +117,12 @@ class Verifier:
         except (SyntaxError, ValueError):
             return Check("does not parse")
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
-        own = [c for c in calls if _dotted(c.func) == local]
+        own = [c for c in calls if dotted_name(c.func) == local]
         if not own:
             return Check(f"does not call {local}")
         bound = _bound_names(tree) | given
         for call in calls:
-            name = _dotted(call.func)
+            name = dotted_name(call.func)
             if name is None or call in own:
                 continue
             head = name.split(".")[0]
