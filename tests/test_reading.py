@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from model_fixtures import synthetic_documents, write_corpus
 
+from codeslm.errors import TrainingError
 from codeslm.train.reading_rows import KINDS, build_reading_examples
 from codeslm.train.renames import rename_code
-from codeslm.train.settings import load_recipe
+from codeslm.train.settings import TrainSettings, load_recipe
 from codeslm.train.shards import Corpus
 from codeslm.train.stream import StreamSettings, TrainingStream
 
@@ -109,6 +111,57 @@ def test_reading_rows_are_engine_prompts_with_loss_on_the_line_only(corpus_dir):
         assert start == target and not mask[:start].any() and mask[start:].all()
 
 
+def test_reading_targets_carry_their_share_of_each_batch_loss_and_may_leave_out_the_end(corpus_dir):
+    corpus = Corpus.open(corpus_dir)
+    tokenizer = corpus.load_tokenizer()
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    examples = build_reading_examples(corpus, tokenizer, 1000, 2, 0, 192, progress=False)
+    for share in (0.0, 0.3, 0.6):
+        stream = TrainingStream(corpus.splits["train"], tokenizer, StreamSettings(
+            192, 0.5, 1.0, 0.0, 0, reading_rate=0.5, reading_loss_share=share,
+            reading_end_loss=False), reading=examples)
+        for _ in range(4):
+            x, labels, weights = stream.next_batch(8)
+            targets = labels != -100
+            assert torch.equal(weights > 0, targets)
+            # Which targets are reading targets: those the rows' reading examples ask for.
+            reading = torch.zeros_like(targets)
+            for r in range(len(x)):
+                for j in range(len(examples)):
+                    ids, start = examples.example(j)
+                    if np.array_equal(ids[:-1], x[r, : len(ids) - 1].numpy()):
+                        reading[r, start - 1 : len(ids) - 2] = True
+                        # The line's end of text is in the row but is not a target.
+                        assert labels[r, len(ids) - 2] == -100 and x[r, len(ids) - 1] == eot
+                        break
+            assert torch.equal(reading & targets, reading)
+            if share == 0.0:
+                assert torch.all(weights[targets] == 1.0)
+            elif reading.any() and (targets & ~reading).any():
+                got = float(weights[reading].sum() / weights.sum())
+                assert got == pytest.approx(share, abs=1e-5)
+                assert torch.all(weights[targets & ~reading] == 1.0)
+
+
+def test_the_reading_mix_sets_the_share_of_each_kind(corpus_dir):
+    corpus = Corpus.open(corpus_dir)
+    tokenizer = corpus.load_tokenizer()
+    only = build_reading_examples(corpus, tokenizer, 1000, 2, 0, 192, progress=False,
+                                  shares=(1.0, 0.0, 0.0, 0.0))
+    assert len(only) > 50 and set(only.kinds.tolist()) == {KINDS.index("verbatim")}
+    half = build_reading_examples(corpus, tokenizer, 1000, 2, 0, 192, progress=False,
+                                  shares=(1.0, 0.0, 0.0, 1.0))
+    counts = np.bincount(half.kinds, minlength=len(KINDS))
+    assert counts[1] == counts[2] == 0 and 0.35 < counts[0] / len(half) < 0.65
+    with pytest.raises(TrainingError, match="reading_mix"):
+        TrainSettings(reading_mix=(1.0, 0.0)).check()
+    with pytest.raises(TrainingError, match="reading_loss_share"):
+        TrainSettings(reading_loss_share=1.0).check()
+    # A recipe's list compares equal to the tuple a checkpoint recorded.
+    assert TrainSettings(reading_mix=[0.5, 0.2, 0.1, 0.2]).identity()["reading_mix"] == (
+        0.5, 0.2, 0.1, 0.2)
+
+
 def test_a_stream_resumed_after_a_pass_over_its_reading_rows_sees_the_same_rows(corpus_dir):
     """The second pass over the reading examples has its own order, which a restored stream must
     take up again (it kept the first pass's order until a retrieval row came)."""
@@ -126,12 +179,15 @@ def test_a_stream_resumed_after_a_pass_over_its_reading_rows_sees_the_same_rows(
         assert np.array_equal(whole.next_row()[0], resumed.next_row()[0])
 
 
-def test_the_reading_recipe_loads_and_its_runs_resume(corpus_dir, tmp_path):
+@pytest.mark.parametrize("stage", ["default-stage13", "default-stage14"])
+def test_the_reading_recipes_load_and_their_runs_resume(corpus_dir, tmp_path, stage):
     from codeslm.train.pretrain import train
 
-    recipe = load_recipe(RECIPES / "default-stage13.json").check()
-    raw = json.loads((RECIPES / "default-stage13.json").read_text())
+    recipe = load_recipe(RECIPES / f"{stage}.json").check()
+    raw = json.loads((RECIPES / f"{stage}.json").read_text())
     assert recipe.reading_rate == raw["reading_rate"] > 0 and recipe.threads == 1
+    assert recipe.reading_loss_share == raw.get("reading_loss_share", 0.0)
+    assert recipe.reading_mix == tuple(raw.get("reading_mix", recipe.reading_mix))
     assert recipe.init_from == "src/codeslm/assets/default-model" and recipe.seq_len == 512
     small = recipe.with_overrides(
         corpus=str(corpus_dir), size="nano", seq_len=192, batch_size=4, max_steps=6,

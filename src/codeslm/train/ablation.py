@@ -27,7 +27,8 @@ from codeslm.train.settings import TrainSettings, load_recipe
 # Training settings an arm may change: the mix of row types the objective is built from.
 ROW_MIX = frozenset({
     "fim_rate", "spm_rate", "fim_line_rate", "retrieval_rate", "copy_rate", "copy_random_share",
-    "reading_rate", "reading_pool", "reading_per_file", "retrieval_pool", "retrieval_k",
+    "reading_rate", "reading_pool", "reading_per_file", "reading_mix", "reading_loss_share",
+    "reading_end_loss", "retrieval_pool", "retrieval_k",
     "retrieval_context_tokens", "retrieval_query",
 })
 BUDGET = frozenset({"max_steps", "batch_size", "grad_accum", "seq_len"})
@@ -179,8 +180,8 @@ def claim_study_dir(study: Study) -> None:
         if owner.get("study") != study.name:
             raise TrainingError(f"{study.dir} holds runs of study {owner.get('study')!r}, "
                                 f"not {study.name!r}")
-        if (owner.get("base"), owner.get("base_corpus")) != (study.base.identity(),
-                                                              study.base.corpus):
+        if (study.base.identity_changes(owner.get("base") or {})
+                or owner.get("base_corpus") != study.base.corpus):
             raise TrainingError(f"{study.dir} was started with another base recipe; "
                                 "or corpus; give the study a new name to change them")
     elif study.dir.exists() and any(study.dir.iterdir()):
@@ -233,8 +234,8 @@ def finished_result(job: RunJob) -> dict:
     """The result of a finished run, refused if it was trained or scored otherwise than `job`."""
     path = Path(job.settings.run_dir) / RESULT
     record = json.loads(path.read_text())
-    saved = (record.get("identity"), record.get("eval"))
-    if saved != (job.settings.identity(), _eval_dict(job.eval)):
+    if (job.settings.identity_changes(record.get("identity") or {})
+            or record.get("eval") != _eval_dict(job.eval)):
         raise TrainingError(f"{path} was trained or evaluated with other settings than its arm "
                             "now asks for; give the study a new name to change an arm")
     return record

@@ -92,13 +92,20 @@ def make_optimizer(model, settings: TrainSettings):
     return optimizer, scheduler
 
 
-def token_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, bf16: bool, reduction="mean"):
-    """Cross-entropy of next tokens (labels already shifted; -100 ignored), in fp32."""
+def token_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, bf16: bool, reduction="mean",
+               weights: torch.Tensor | None = None):
+    """Cross-entropy of next tokens (labels already shifted; -100 ignored), in fp32; with
+    `weights`, each token's loss is weighted and "mean" divides by the weights' sum."""
     with torch.autocast(device_type=input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(input_ids=input_ids).logits
-    return torch.nn.functional.cross_entropy(
-        logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction
+    losses = torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+        reduction=reduction if weights is None else "none",
     )
+    if weights is None:
+        return losses
+    total = (losses * weights.flatten()).sum()
+    return total / weights.sum() if reduction == "mean" else total
 
 
 @torch.no_grad()
@@ -150,10 +157,9 @@ def _sha256(path: Path) -> str:
 
 
 def _check_resume(state: dict, settings: TrainSettings, corpus: Corpus) -> None:
-    # A setting added after the checkpoint was made had its default value then.
     saved = {**TrainSettings().identity(), **state["identity"]}
     mine = settings.identity()
-    diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    diff = settings.identity_changes(state["identity"])
     if diff:
         changes = ", ".join(f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in diff)
         raise TrainingError(
@@ -254,7 +260,7 @@ def train(
 
         reading = cached_reading_examples(run_dir, corpus, tokenizer, settings.reading_pool,
                                           settings.reading_per_file, settings.seed,
-                                          settings.seq_len, progress)
+                                          settings.seq_len, progress, settings.reading_mix)
     if world.main:
         barrier(world)
     progress = progress and world.main
@@ -326,18 +332,18 @@ def train(
     interval_start, interval_tokens, losses = time.perf_counter(), 0, []
     while step < stop:
         for _ in range(settings.grad_accum):
-            x, y = stream.next_batch(settings.batch_size)
-            x, y = shard(x, world).to(device), shard(y, world).to(device)
+            x, y, w = stream.next_batch(settings.batch_size)
+            x, y, w = (shard(t, world).to(device) for t in (x, y, w))
             if world.distributed:
-                # Summed over this rank's targets, over the global batch's count, times the ranks
-                # DDP averages over: the gradient of the global batch's mean loss.
-                total = token_loss(forward, x, y, bf16, reduction="sum")
-                count = global_sum(torch.tensor([float((y != -100).sum())], device=device), world)
+                # Summed over this rank's targets, over the global batch's weight, times the ranks
+                # DDP averages over: the gradient of the global batch's weighted mean loss.
+                total = token_loss(forward, x, y, bf16, reduction="sum", weights=w)
+                count = global_sum(w.sum().reshape(1), world)
                 loss = total * world.size / count / settings.grad_accum
                 mean = global_sum(total.detach().reshape(1), world) / count
                 losses.append(float(mean))
             else:
-                loss = token_loss(forward, x, y, bf16) / settings.grad_accum
+                loss = token_loss(forward, x, y, bf16, weights=w) / settings.grad_accum
                 losses.append(float(loss.detach()) * settings.grad_accum)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)

@@ -25,7 +25,8 @@ from codeslm.train.retrieval_examples import _groups, _pick_groups
 from codeslm.train.shards import Corpus
 
 KINDS = ("verbatim", "edited", "near", "ordinary")
-# Share of each kind; a "near" row without a near-duplicate in its package becomes "ordinary".
+# Share of each kind unless told; a "near" row without a near-duplicate in its package becomes
+# "ordinary".
 KIND_SHARES = (0.35, 0.25, 0.15, 0.25)
 # The engine's cursor window and the tokens it keeps for the completion (CompletionSettings).
 PREFIX_TOKENS, SUFFIX_TOKENS, NEW_TOKENS = 384, 96, 48
@@ -95,9 +96,10 @@ def _near_duplicate(reference: str, hits: list[str], rng: np.random.Generator) -
 
 
 def build_reading_examples(corpus: Corpus, tokenizer, pool: int, per_file: int, seed: int,
-                           seq_len: int, progress: bool = True) -> ReadingExamples:
+                           seq_len: int, progress: bool = True,
+                           shares: tuple[float, ...] = KIND_SHARES) -> ReadingExamples:
     """About `pool` training files' worth of reading examples, `per_file` lines each, every one
-    fitting a row of `seq_len + 1` tokens."""
+    fitting a row of `seq_len + 1` tokens, of each kind at its share of `shares`."""
     from tqdm.auto import tqdm
 
     from codeslm.chunking import chunk_text
@@ -110,6 +112,7 @@ def build_reading_examples(corpus: Corpus, tokenizer, pool: int, per_file: int, 
     specials = [t for t in tokenizer.all_special_tokens if t]
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     max_prompt = seq_len - NEW_TOKENS
+    p_kind = np.asarray(shares, dtype=np.float64) / sum(shares)
     rng = np.random.default_rng((seed, 11))
     groups = _pick_groups(_groups(corpus), pool, rng)
     wanted = {i for ids in groups.values() for i in ids}
@@ -145,7 +148,7 @@ def build_reading_examples(corpus: Corpus, tokenizer, pool: int, per_file: int, 
                 query = "\n".join(prefix.split("\n")[-10:]) + "\n" + suffix.split("\n", 1)[0]
                 mask = owners_arr != doc_id
                 found, _ = bm25.search(code_tokens(query), k=8, mask=mask)
-                kind = int(rng.choice(len(KINDS), p=KIND_SHARES))
+                kind = int(rng.choice(len(KINDS), p=p_kind))
                 before, after = int(rng.integers(1, 9)), int(rng.integers(0, 4))
                 lo = max(0, i - before)
                 useful = "".join(lines[lo : i + after + 1])
@@ -197,13 +200,14 @@ def build_reading_examples(corpus: Corpus, tokenizer, pool: int, per_file: int, 
 
 
 def cached_reading_examples(cache_dir: Path, corpus: Corpus, tokenizer, pool: int, per_file: int,
-                            seed: int, seq_len: int, progress: bool = True) -> ReadingExamples:
+                            seed: int, seq_len: int, progress: bool = True,
+                            shares: tuple[float, ...] = KIND_SHARES) -> ReadingExamples:
     """`build_reading_examples`, computed once per corpus and settings and kept in `cache_dir`."""
     key = json.dumps({
         "version": 1,
         "manifest": hashlib.sha256((corpus.root / "manifest.json").read_bytes()).hexdigest(),
         "tokenizer": corpus.tokenizer_fingerprint(), "pool": pool, "per_file": per_file,
-        "seed": seed, "seq_len": seq_len, "shares": KIND_SHARES,
+        "seed": seed, "seq_len": seq_len, "shares": list(shares),
     }, sort_keys=True)
     path = cache_dir / CACHE_NAME
     if path.is_file():
@@ -214,7 +218,8 @@ def cached_reading_examples(cache_dir: Path, corpus: Corpus, tokenizer, pool: in
                                            data["kinds"])
         except (OSError, ValueError, KeyError):
             pass  # an unreadable cache is rebuilt below
-    examples = build_reading_examples(corpus, tokenizer, pool, per_file, seed, seq_len, progress)
+    examples = build_reading_examples(corpus, tokenizer, pool, per_file, seed, seq_len, progress,
+                                      shares)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, key=np.array(key), offsets=examples.offsets, tokens=examples.tokens,

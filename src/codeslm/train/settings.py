@@ -41,6 +41,15 @@ class TrainSettings:
     reading_rate: float = 0.0
     reading_pool: int = 2000  # training files the reading examples are drawn from
     reading_per_file: int = 4  # held-out lines per file
+    # Shares of the reading examples' kinds: verbatim, edited, near-duplicate, ordinary chunks
+    # only (`codeslm.train.reading_rows.KINDS`); normalized to sum to 1.
+    reading_mix: tuple[float, ...] = (0.35, 0.25, 0.15, 0.25)
+    # Share of each batch's loss that the reading rows' target tokens carry; 0 weighs every target
+    # token the same, which leaves a dozen tokens of a row of hundreds nearly no say.
+    reading_loss_share: float = 0.0
+    # Whether the end of text closing a reading row's line is a target. One target token in about
+    # twelve, it teaches a model that middles end soon.
+    reading_end_loss: bool = True
     retrieval_pool: int = 4000
     retrieval_k: int = 4
     retrieval_context_tokens: int = 256
@@ -91,9 +100,21 @@ class TrainSettings:
     def tokens_per_step(self) -> int:
         return self.batch_size * self.grad_accum * self.seq_len
 
+    def __post_init__(self):
+        # A recipe's JSON list, so that a resumed run compares equal to the run it resumes.
+        object.__setattr__(self, "reading_mix", tuple(float(x) for x in self.reading_mix))
+
     def identity(self) -> dict:
         """The settings a resumed run must share with the run it resumes."""
         return {k: v for k, v in asdict(self).items() if k not in self.RUN_ONLY}
+
+    def identity_changes(self, recorded: dict) -> list[str]:
+        """The names of the settings in which `identity()` differs from a `recorded` one. A setting
+        added since it was recorded had its default value then; tuples and JSON lists compare
+        equal."""
+        saved = json.loads(json.dumps({**TrainSettings().identity(), **recorded}))
+        mine = json.loads(json.dumps(self.identity()))
+        return sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +145,11 @@ class TrainSettings:
                      "copy_random_share", "reading_rate", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be between 0 and 1")
+        if len(self.reading_mix) != 4 or min(self.reading_mix) < 0 or sum(self.reading_mix) <= 0:
+            problems.append("reading_mix must be 4 shares (verbatim, edited, near, ordinary), "
+                            "none negative, not all 0")
+        if not 0.0 <= self.reading_loss_share < 1.0:
+            problems.append("reading_loss_share must be at least 0 and below 1")
         if self.lr <= 0:
             problems.append("lr must be positive")
         if self.warmup_steps < 0:

@@ -8,8 +8,9 @@ starts with a block holding a span of the very text that follows it, so the mode
 from its context: without such rows a model this small, trained on this few tokens, forms no
 induction heads and ignores what its prompt and retrieved chunks hold. A reading row (at
 `reading_rate`) is one engine-format prompt and the line it asks for (see
-`codeslm.train.reading_rows`), loss on the line only, then packed text. Everything is drawn from one
-seeded generator, and `state()` / `restore()` capture the exact position, so a resumed run sees
+`codeslm.train.reading_rows`), loss on the line only, then packed text; its targets can carry a
+fixed share of each batch's loss (`reading_loss_share`). Everything is drawn from one seeded
+generator, and `state()` / `restore()` capture the exact position, so a resumed run sees
 the same rows.
 But: it does not retrieve (see `codeslm.train.retrieval_examples`) or train.
 """
@@ -27,6 +28,8 @@ from codeslm.train.retrieval_examples import RetrievalContexts
 from codeslm.train.shards import Split
 
 IGNORE = -100
+# What a row's mask holds for each token: not a target, an ordinary target, a reading row's target.
+PLAIN, READ = 1, 2
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,10 @@ class StreamSettings:
     copy_random_share: float = 0.5
     # Share of rows that are reading rows (an engine prompt, loss on the line it asks for).
     reading_rate: float = 0.0
+    # Share of each batch's loss the reading rows' targets carry (0: every target weighs the same).
+    reading_loss_share: float = 0.0
+    # Whether the end of text after a reading row's line is a target.
+    reading_end_loss: bool = True
 
 
 # Length range of the span a copy row repeats from the text after it.
@@ -209,14 +216,16 @@ class TrainingStream:
         ids, target = self.reading.example(int(self._rd_order[self.rd_pos]))
         self.rd_pos += 1
         ids = ids.astype(np.int64)
-        mask = np.arange(len(ids)) >= target
+        mask = np.where(np.arange(len(ids)) >= target, READ, 0).astype(np.int8)
+        if not self.settings.reading_end_loss:
+            mask[-1] = 0  # the example's last token is its end of text
         rest, rest_mask = self._take_plain(width - len(ids))
         return np.concatenate([ids, rest]), np.concatenate([mask, rest_mask])
 
     # Rows and batches ---------------------------------------------------------------------
 
     def next_row(self) -> tuple[np.ndarray, np.ndarray]:
-        """`seq_len + 1` token ids and whether each is a training target."""
+        """`seq_len + 1` token ids and, for each, 0 (no target), PLAIN or READ."""
         width = self.settings.seq_len + 1
         # No draw at rate 0, so runs without reading rows keep their exact data order.
         if self.reading is not None and self.settings.reading_rate > 0 and (
@@ -231,13 +240,22 @@ class TrainingStream:
             return self._copy_row(width)
         return self._take_plain(width)
 
-    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(input_ids, labels)`, both (batch_size, seq_len); labels are -100 where masked."""
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(input_ids, labels, weights)`, each (batch_size, seq_len): labels are -100 where
+        masked, and the loss is the weighted mean. Weights are 1 but for reading targets, which
+        get the weight that gives them `reading_loss_share` of the batch's loss (when the batch
+        has targets of both kinds)."""
         rows, masks = zip(*(self.next_row() for _ in range(batch_size)), strict=True)
         rows_t = torch.from_numpy(np.stack(rows))
+        kinds = np.stack(masks)[:, 1:].astype(np.int8)
         labels = rows_t[:, 1:].clone()
-        labels[~torch.from_numpy(np.stack(masks))[:, 1:]] = IGNORE
-        return rows_t[:, :-1].contiguous(), labels
+        labels[torch.from_numpy(kinds == 0)] = IGNORE
+        weights = (kinds > 0).astype(np.float32)
+        share = self.settings.reading_loss_share
+        n_read, n_plain = int((kinds == READ).sum()), int((kinds == PLAIN).sum())
+        if share > 0 and n_read and n_plain:
+            weights[kinds == READ] = share * n_plain / ((1 - share) * n_read)
+        return rows_t[:, :-1].contiguous(), labels, torch.from_numpy(weights)
 
     def state(self) -> dict:
         return {
