@@ -19,7 +19,7 @@ from codeslm.train.pretrain import export_latest_checkpoint, train
 from codeslm.train.retrieval_examples import build_retrieval_contexts
 from codeslm.train.settings import TrainSettings, load_recipe
 from codeslm.train.shards import Corpus
-from codeslm.train.stream import StreamSettings, TrainingStream
+from codeslm.train.stream import COPY, StreamSettings, TrainingStream
 
 
 @pytest.fixture(scope="module")
@@ -157,14 +157,19 @@ def test_copy_rows_repeat_a_span_of_the_text_that_follows_as_masked_context(corp
     for _ in range(30):
         row, mask = stream.next_row()
         assert len(row) == len(mask) == 129
-        n_context = int(np.argmax(mask))
+        n_context = int(np.argmax(mask > 0))
         assert row[: len(header)].tolist() == header and not mask[:n_context].any() and mask[n_context:].all()
         span = row[len(header) : n_context].tolist()
         assert not special & set(span)  # a context block never holds a sentinel
         rest = row[n_context:].tolist()
         if len(span) >= 8:
             copied += 1
-            assert any(rest[i : i + len(span)] == span for i in range(len(rest) - len(span) + 1))
+            at = [i for i in range(len(rest) - len(span) + 1) if rest[i : i + len(span)] == span]
+            assert at
+            # The repeat is marked as a copied span, which may carry a share of the loss.
+            marks = mask[n_context:]
+            assert any((marks[i : i + len(span)] == COPY).all() for i in at)
+            assert (marks == COPY).sum() == len(span)
             from_corpus += np.asarray(span[:8], dtype=np.int64).tobytes() in corpus_bytes
     assert copied >= 15
     # Real spans come from the corpus; random ones (written over the text) do not.
@@ -174,6 +179,24 @@ def test_copy_rows_repeat_a_span_of_the_text_that_follows_as_masked_context(corp
         assert from_corpus == 0
     else:
         assert 0 < from_corpus < copied
+
+
+def test_copied_spans_and_reading_lines_carry_their_shares_of_the_loss(corpus_dir):
+    corpus = Corpus.open(corpus_dir)
+    tokenizer = corpus.load_tokenizer()
+    stream = TrainingStream(corpus.splits["train"], tokenizer, StreamSettings(
+        128, 0.5, 0.5, 0.0, 0, copy_rate=0.5, copy_loss_share=0.3))
+    for _ in range(4):
+        stream_state = stream.state()
+        x, labels, weights = stream.next_batch(8)
+        stream.restore(stream_state)
+        kinds = np.stack([stream.next_row()[1] for _ in range(8)])[:, 1:]
+        copied = torch.from_numpy(kinds == COPY)
+        assert torch.equal(weights > 0, labels != -100) and copied.any()
+        assert float(weights[copied].sum() / weights.sum()) == pytest.approx(0.3, abs=1e-5)
+        assert torch.all(weights[(labels != -100) & ~copied] == 1.0)
+    with pytest.raises(TrainingError, match="sum to below 1"):
+        TrainSettings(copy_loss_share=0.5, reading_loss_share=0.5).check()
 
 
 def test_plain_rows_pack_whole_documents_in_order(corpus_dir):

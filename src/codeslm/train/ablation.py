@@ -27,6 +27,7 @@ from codeslm.train.settings import TrainSettings, load_recipe
 # Training settings an arm may change: the mix of row types the objective is built from.
 ROW_MIX = frozenset({
     "fim_rate", "spm_rate", "fim_line_rate", "retrieval_rate", "copy_rate", "copy_random_share",
+    "copy_loss_share",
     "reading_rate", "reading_pool", "reading_per_file", "reading_mix", "reading_loss_share",
     "reading_end_loss", "retrieval_pool", "retrieval_k",
     "retrieval_context_tokens", "retrieval_query",

@@ -36,6 +36,9 @@ class TrainSettings:
     copy_rate: float = 0.0
     # Share of copy rows whose span is random tokens (what forms induction heads).
     copy_random_share: float = 0.5
+    # Share of each batch's loss that the copy rows' repeated spans carry; 0 weighs every target
+    # token the same. Among as much ordinary text, a small model's attention goes to the text.
+    copy_loss_share: float = 0.0
     # Share of rows that are reading rows: an engine-format prompt whose chunks may hold the line
     # it asks for, loss on that line only (see `codeslm.train.reading_rows`).
     reading_rate: float = 0.0
@@ -150,6 +153,10 @@ class TrainSettings:
                             "none negative, not all 0")
         if not 0.0 <= self.reading_loss_share < 1.0:
             problems.append("reading_loss_share must be at least 0 and below 1")
+        if not 0.0 <= self.copy_loss_share < 1.0:
+            problems.append("copy_loss_share must be at least 0 and below 1")
+        if self.reading_loss_share + self.copy_loss_share >= 1.0:
+            problems.append("reading_loss_share and copy_loss_share must sum to below 1")
         if self.lr <= 0:
             problems.append("lr must be positive")
         if self.warmup_steps < 0:

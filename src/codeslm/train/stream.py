@@ -28,8 +28,9 @@ from codeslm.train.retrieval_examples import RetrievalContexts
 from codeslm.train.shards import Split
 
 IGNORE = -100
-# What a row's mask holds for each token: not a target, an ordinary target, a reading row's target.
-PLAIN, READ = 1, 2
+# What a row's mask holds for each token: not a target, an ordinary target, a reading row's target,
+# a copy row's repeated span.
+PLAIN, READ, COPY = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class StreamSettings:
     reading_loss_share: float = 0.0
     # Whether the end of text after a reading row's line is a target.
     reading_end_loss: bool = True
+    # Share of each batch's loss the copy rows' repeated spans carry (0: every target the same).
+    copy_loss_share: float = 0.0
 
 
 # Length range of the span a copy row repeats from the text after it.
@@ -199,6 +202,8 @@ class TrainingStream:
             copied = self.rng.choice(self.vocab, size=len(copied))
             rest = rest.copy()
             rest[start : start + len(copied)] = copied
+        rest_mask = rest_mask.astype(np.int8)
+        rest_mask[start : start + len(copied)] *= COPY
         head = np.concatenate([self.blank_header, copied])
         # The plain text fills the room the cut sentinel left, so rows keep their width.
         more, more_mask = self._take_plain(width - len(head) - len(rest))
@@ -242,19 +247,24 @@ class TrainingStream:
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(input_ids, labels, weights)`, each (batch_size, seq_len): labels are -100 where
-        masked, and the loss is the weighted mean. Weights are 1 but for reading targets, which
-        get the weight that gives them `reading_loss_share` of the batch's loss (when the batch
-        has targets of both kinds)."""
+        masked, and the loss is the weighted mean. Weights are 1 but for reading targets and
+        copied spans, which get the weight that gives them `reading_loss_share` and
+        `copy_loss_share` of the batch's loss (when the batch holds them and other targets)."""
         rows, masks = zip(*(self.next_row() for _ in range(batch_size)), strict=True)
         rows_t = torch.from_numpy(np.stack(rows))
         kinds = np.stack(masks)[:, 1:].astype(np.int8)
         labels = rows_t[:, 1:].clone()
         labels[torch.from_numpy(kinds == 0)] = IGNORE
         weights = (kinds > 0).astype(np.float32)
-        share = self.settings.reading_loss_share
-        n_read, n_plain = int((kinds == READ).sum()), int((kinds == PLAIN).sum())
-        if share > 0 and n_read and n_plain:
-            weights[kinds == READ] = share * n_plain / ((1 - share) * n_read)
+        shares = {k: s for k, s in ((READ, self.settings.reading_loss_share),
+                                    (COPY, self.settings.copy_loss_share))
+                  if s > 0 and (kinds == k).any()}
+        rest = float(weights[~np.isin(kinds, list(shares))].sum())
+        if shares and rest > 0:
+            # Each kind's weight w with w * n = share * total, the total being rest / (1 - shares).
+            total = rest / (1 - sum(shares.values()))
+            for k, s in shares.items():
+                weights[kinds == k] = s * total / int((kinds == k).sum())
         return rows_t[:, :-1].contiguous(), labels, torch.from_numpy(weights)
 
     def state(self) -> dict:
