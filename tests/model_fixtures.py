@@ -41,8 +41,12 @@ def random_name(rng: np.random.Generator, n: int = 7) -> str:
     return "".join(rng.choice(list(string.ascii_lowercase), size=n))
 
 
-def package_files(rng: np.random.Generator, package: str, n_names: int = 3) -> dict[str, str]:
-    names = [f"{random_name(rng)}_{random_name(rng, 4)}" for _ in range(n_names)]
+def package_files(rng: np.random.Generator, package: str, n_names: int = 3,
+                  pool: list[str] | None = None) -> dict[str, str]:
+    if pool:
+        names = [str(n) for n in rng.choice(pool, size=n_names, replace=False)]
+    else:
+        names = [f"{random_name(rng)}_{random_name(rng, 4)}" for _ in range(n_names)]
     factors = rng.integers(2, 9, size=n_names)
     defs = "\n\n".join(
         f"def {n}(value):\n    return value * {f}\n" for n, f in zip(names, factors, strict=True)
@@ -54,13 +58,17 @@ def package_files(rng: np.random.Generator, package: str, n_names: int = 3) -> d
     return {f"{package}/defs.py": defs, f"{package}/use.py": use}
 
 
-def synthetic_documents(n_train: int, n_val: int, seed: int = 0, names_per_package: int = 3) -> list[dict]:
+def synthetic_documents(n_train: int, n_val: int, seed: int = 0, names_per_package: int = 3,
+                        name_pool: int = 0) -> list[dict]:
+    """Packages of random function names; with `name_pool`, names are drawn from that many
+    6-letter words, which a tokenizer of some 700 tokens holds as one token each."""
     rng = np.random.default_rng(seed)
+    pool = sorted({random_name(rng, 6) for _ in range(name_pool)}) if name_pool else None
     docs = []
     for i in range(n_train + n_val):
         package = f"pkg{i}"
         split = "train" if i < n_train else "val"
-        files = package_files(rng, package, names_per_package)
+        files = package_files(rng, package, names_per_package, pool)
         if i % 4 == 0:
             files[f"{package}/common.py"] = FILLER
         for path, text in files.items():

@@ -223,3 +223,50 @@ def test_the_shipped_checkpoint_copies_a_line_its_verbatim_chunk_holds(line, aft
                                    extra_context=(("lib/_compat.py", chunk),))
     assert engine.complete(with_chunk).text == line
     assert engine.complete(CompletionRequest(prefix, after + "\n", "lib/util.py")).text != line
+
+
+@pytest.mark.slow
+def test_reading_rows_teach_a_nano_model_to_copy_a_line_from_its_chunk(tmp_path):
+    """Two nano models, trained alike but for reading rows, complete the `def` lines of
+    validation packages whose function names (whole tokens, drawn from a pool, in combinations
+    never seen in training) only a verbatim chunk of the file shows. The model trained on
+    reading rows writes the line from its chunk; the one trained without them does not."""
+    from codeslm.complete import CompletionEngine, CompletionRequest, CompletionSettings
+    from codeslm.model.loading import load_model
+    from codeslm.train.pretrain import train
+
+    docs = synthetic_documents(300, 30, names_per_package=2, name_pool=100)
+    corpus = write_corpus(tmp_path / "corpus", docs, vocab_size=700)
+    # d_model 128: a 64-wide nano model did not learn to copy within 2,000 steps; at 128 wide
+    # the copying comes in abruptly, between 1,500 and 2,500 steps.
+    base = TrainSettings(
+        corpus=str(corpus), size="nano", d_model=128, n_kv_heads=4, d_ff=384, seq_len=128,
+        batch_size=8, max_steps=2500, warmup_steps=20, lr=3e-3, retrieval_rate=0.0,
+        reading_pool=1000, eval_every=10_000, eval_rows=8, log_every=100, precision="fp32",
+        threads=1)
+    arms = {"reading": base.with_overrides(reading_rate=0.6, reading_mix=(0.8, 0.0, 0.0, 0.2),
+                                           reading_loss_share=0.7),
+            "plain": base}
+    lines = []
+    for d in docs:
+        if d["split"] == "val" and d["path"].endswith("defs.py"):
+            text = d["text"].splitlines(keepends=True)
+            lines += [(d["path"], text, i) for i, line in enumerate(text) if line.startswith("def ")]
+    exact = {}
+    for name, settings in arms.items():
+        result = train(settings.with_overrides(run_dir=str(tmp_path / name)), progress=False)
+        model, tokenizer = load_model(result.export_dir, device="cpu")
+        engine = CompletionEngine(model, tokenizer, None, CompletionSettings(
+            retrieval=False, ngram_cache=False, line_budget_ms=None, beams=1))
+        for chunked in (True, False):
+            hits = 0
+            for path, text, i in lines:
+                chunk = "".join(text[max(0, i - 3) : i + 2])
+                context = ((path.replace("defs.py", "_defs.py"), chunk),) if chunked else ()
+                request = CompletionRequest("".join(text[:i]), "".join(text[i + 1 :]), path,
+                                            extra_context=context)
+                hits += engine.complete(request).text == text[i].rstrip("\n")
+            exact[name, chunked] = hits / len(lines)
+    # Measured: 0.88 with the chunk, 0.00 without it, against 0.02 for the plain model.
+    assert exact["reading", True] >= exact["plain", True] + 0.5
+    assert exact["reading", False] <= 0.1 and exact["plain", False] <= 0.1
