@@ -181,7 +181,7 @@ def test_copy_rows_repeat_a_span_of_the_text_that_follows_as_masked_context(corp
         assert 0 < from_corpus < copied
 
 
-def test_copied_spans_and_reading_lines_carry_their_shares_of_the_loss(corpus_dir):
+def test_copied_spans_carry_their_share_of_the_loss(corpus_dir):
     corpus = Corpus.open(corpus_dir)
     tokenizer = corpus.load_tokenizer()
     stream = TrainingStream(corpus.splits["train"], tokenizer, StreamSettings(

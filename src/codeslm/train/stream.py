@@ -6,7 +6,8 @@ back. A retrieval row starts with a file's retrieved context (no loss), then tha
 `<file_sep>PATH\\n` and its text), then packed windows fill the rest. A copy row (at `copy_rate`)
 starts with a block holding a span of the very text that follows it, so the model learns to copy
 from its context: without such rows a model this small, trained on this few tokens, forms no
-induction heads and ignores what its prompt and retrieved chunks hold. A reading row (at
+induction heads and ignores what its prompt and retrieved chunks hold; the repeated span can
+carry a fixed share of each batch's loss (`copy_loss_share`). A reading row (at
 `reading_rate`) is one engine-format prompt and the line it asks for (see
 `codeslm.train.reading_rows`), loss on the line only, then packed text; its targets can carry a
 fixed share of each batch's loss (`reading_loss_share`). Everything is drawn from one seeded
@@ -230,7 +231,7 @@ class TrainingStream:
     # Rows and batches ---------------------------------------------------------------------
 
     def next_row(self) -> tuple[np.ndarray, np.ndarray]:
-        """`seq_len + 1` token ids and, for each, 0 (no target), PLAIN or READ."""
+        """`seq_len + 1` token ids and, for each, 0 (no target), PLAIN, READ or COPY."""
         width = self.settings.seq_len + 1
         # No draw at rate 0, so runs without reading rows keep their exact data order.
         if self.reading is not None and self.settings.reading_rate > 0 and (
