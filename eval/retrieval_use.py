@@ -4,17 +4,20 @@ n-gram cache (`codeslm.model.ngram_cache`) over the whole file and those chunks 
 
     python eval/retrieval_use.py eval/repos/toolz-1.2.0 eval/repos/boltons-26.2.0
     python eval/retrieval_use.py --fit-cache .venv/lib/python3.11/site-packages/click
+    python eval/retrieval_use.py --fit-cache --write --model runs/x/export SITE_PACKAGES/click
 
 Exact match moves only once a model writes whole lines right; this loss moves as soon as the
 context makes the true line more likely. `--fit-cache` prints the n-gram cache weights (one per
 match length) that minimise this loss on the given repositories: fit them on code that is not
-the code you report on. The repositories are fetched by `python eval/proof_repo.py`; each one's
+the code you report on; `--write` stores them in the model directory's `config.json`
+(`ngram_cache_lambdas`), where the completion engine takes them from. The repositories are fetched by `python eval/proof_repo.py`; each one's
 index is the one `codeslm eval repo` uses (built if missing).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -74,13 +77,18 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=4)
     parser.add_argument("--fit-cache", action="store_true",
                         help="also fit the n-gram cache weights on these repositories and print them")
+    parser.add_argument("--write", action="store_true",
+                        help="with --fit-cache: store the fitted weights in the model's config.json")
     args = parser.parse_args()
+    if args.write and not args.fit_cache:
+        parser.error("--write stores fitted weights: give --fit-cache too")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from codeslm.eval.completers import ModelCompleter, RetrievalCompleter
     from codeslm.eval.repo_lines import RepoLines
     from codeslm.eval.runs import open_or_build_index
-    from codeslm.model.ngram_cache import LAMBDAS, MAX_N
+    from codeslm.model.loading import default_model_dir
+    from codeslm.model.ngram_cache import CONFIG_KEY, MAX_N, model_lambdas
 
     print(f"| repository | lines | without retrieval | with k={args.k} | retrieval lower on "
           f"| without retrieval + n-gram cache | k={args.k} + n-gram cache |")
@@ -90,6 +98,7 @@ def main() -> None:
         task = RepoLines(repo, n_tasks=args.tasks, seed=args.seed)
         if completer is None:
             completer = ModelCompleter(args.model, device="cpu", max_new_tokens=task.max_new_tokens)
+            current = model_lambdas(completer.model.config)
         completer.repo_name = task.repo.name
         index, _ = open_or_build_index(task.repo, None)
         retrieval = RetrievalCompleter(completer, index, k=args.k)
@@ -101,7 +110,7 @@ def main() -> None:
             for name, ex in (("plain", example), ("retrieved", with_context)):
                 scores = line_scores(completer.model, completer.tokenizer, completer.prompt(ex), ex, target)
                 bits[name].append(mixed_bits(*scores, (0.0,)) / line_bytes)
-                bits[name + "+cache"].append(mixed_bits(*scores, LAMBDAS) / line_bytes)
+                bits[name + "+cache"].append(mixed_bits(*scores, current) / line_bytes)
                 if name == "retrieved":
                     fit.append(scores)
         lower = int(np.sum(np.array(bits["retrieved"]) < np.array(bits["plain"])))
@@ -116,7 +125,13 @@ def main() -> None:
         print("LAMBDAS = (" + ", ".join(f"{v:.2f}" for v in lambdas) + ")")
         print(f"bits per token: {mixed_bits(p_lm, lengths, p_cache, (0.0,)) / len(p_lm):.3f} model, "
               f"{mixed_bits(p_lm, lengths, p_cache, lambdas) / len(p_lm):.3f} fitted, "
-              f"{mixed_bits(p_lm, lengths, p_cache, LAMBDAS) / len(p_lm):.3f} shipped weights")
+              f"{mixed_bits(p_lm, lengths, p_cache, current) / len(p_lm):.3f} current weights")
+        if args.write:
+            config_path = Path(args.model or default_model_dir()) / "config.json"
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            config[CONFIG_KEY] = list(lambdas)
+            config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            print(f"written to {config_path} ({CONFIG_KEY})")
 
 
 if __name__ == "__main__":

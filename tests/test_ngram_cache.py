@@ -3,6 +3,7 @@ distribution, and an engine that copies a name from far outside the model's prom
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 from completion_fixtures import train_nano_model
 
 from codeslm.complete import CompletionEngine, CompletionRequest, CompletionSettings
-from codeslm.model.ngram_cache import LAMBDAS, MAX_N, NgramCache
+from codeslm.errors import ModelError
+from codeslm.model.loading import load_model
+from codeslm.model.ngram_cache import CONFIG_KEY, LAMBDAS, MAX_N, NgramCache, model_lambdas
 
 
 def test_longest_match_decides_what_is_proposed():
@@ -50,7 +53,7 @@ def test_mix_is_a_distribution_that_favours_the_copied_token():
     assert float(mixed[0]) == pytest.approx(float(log_p[0]) + math.log1p(-lam), rel=1e-5)
     unmatched = NgramCache([[1, 2]], [7])
     assert torch.equal(unmatched.mix(log_p.clone()), log_p)
-    with pytest.raises(ValueError, match="lambdas"):
+    with pytest.raises(ValueError, match="cache weights"):
         NgramCache([], [1], lambdas=(0.0, 1.5))
 
 
@@ -73,3 +76,27 @@ def test_engine_copies_a_name_from_beyond_the_prompt_window(nano):
     without = CompletionEngine(model, tokenizer, None, CompletionSettings(
         retrieval=False, prefix_tokens=24, line_budget_ms=None, ngram_cache=False)).complete(request)
     assert "kerfuffle" not in without.text
+
+
+def test_engine_takes_the_cache_weights_fitted_for_its_model(nano, tmp_path):
+    model, tokenizer = nano
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert model_lambdas(load_model(tmp_path, device="cpu")[0].config) == LAMBDAS
+    # Weights of zero for every match length: the cache is there but never trusted.
+    config = json.loads((tmp_path / "config.json").read_text())
+    config[CONFIG_KEY] = [0.0] * (MAX_N + 1)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    fitted, tokenizer = load_model(tmp_path, device="cpu")
+    assert model_lambdas(fitted.config) == (0.0,) * (MAX_N + 1)
+    earlier = "def run(widget):\n    # polish the widget\n    return kerfuffle(widget)\n\n\n"
+    filler = "".join(f"X_{i} = {i}\n" for i in range(60))
+    request = CompletionRequest(earlier + filler + "def run(widget):\n    # polish the widget\n    return",
+                                "\n", "far.py")
+    settings = CompletionSettings(retrieval=False, prefix_tokens=24, line_budget_ms=None)
+    engine = CompletionEngine(fitted, tokenizer, None, settings)
+    assert engine.ngram_lambdas == (0.0,) * (MAX_N + 1)
+    assert "kerfuffle" not in engine.complete(request).text
+    fitted.config.ngram_cache_lambdas = [0.0, 2.0]
+    with pytest.raises(ModelError, match=CONFIG_KEY):
+        CompletionEngine(fitted, tokenizer, None, settings)

@@ -19,7 +19,7 @@ from pathlib import Path
 from codeslm.complete.decode import CachedDecoder
 from codeslm.complete.postprocess import StopRule, trim_suffix_overlap, word_fragment
 from codeslm.errors import CodeslmError, IndexFormatError, ModelError
-from codeslm.model.ngram_cache import NgramCache
+from codeslm.model.ngram_cache import NgramCache, model_lambdas
 
 MODES = ("bm25", "hybrid")
 # Weight of an index's kNN datastore when the settings leave it to the engine. Chosen for the
@@ -180,6 +180,10 @@ class CompletionEngine:
         if settings.beam_count() < 1:
             raise CodeslmError(f"beams must be 1 or more (got {settings.beams})")
         self.template = require_fim(tokenizer)
+        try:
+            self.ngram_lambdas = model_lambdas(model.config)  # fitted for this model, if it has them
+        except ValueError as e:
+            raise ModelError(str(e)) from e
         self.model = model
         self.tokenizer = tokenizer
         self.problems = list(problems)  # said in every result's notes
@@ -381,7 +385,8 @@ class CompletionEngine:
             before = request.prefix[: len(request.prefix) - len(fragment)]
             # Chunks beyond the prompt's too: the cache reads more than the model has room for.
             chunks = [h.text for h in hits] + [text for _, text in request.extra_context]
-            ngram = NgramCache.for_text(self.tokenizer, before, request.suffix, chunks)
+            ngram = NgramCache.for_text(self.tokenizer, before, request.suffix, chunks,
+                                        lambdas=self.ngram_lambdas)
         prompt_ms = (time.perf_counter() - t) * 1000
         deadline = None
         if settings.line_budget_ms is not None:

@@ -11,9 +11,10 @@ arXiv:1612.04426) keyed by exact n-grams instead of hidden states.
 
 `LAMBDAS` were fitted by maximum likelihood on 200 held-out lines of `click` (a package of the
 corpus's validation split, not one of the proof projects) with the shipped model:
-`python eval/retrieval_use.py --fit-cache --tasks 200 SITE_PACKAGES/click`. A much stronger
-model than the shipped one needs smaller weights; the engine's `ngram_cache` setting turns the
-cache off.
+`python eval/retrieval_use.py --fit-cache --tasks 200 SITE_PACKAGES/click`. A model that reads its
+context better needs other weights: a model directory whose `config.json` holds
+`ngram_cache_lambdas` (written by `--fit-cache --write`) has the engine use those
+(`model_lambdas`). The engine's `ngram_cache` setting turns the cache off.
 But: it does not decode (see `codeslm.complete.decode`).
 """
 
@@ -30,6 +31,30 @@ MAX_N = 12
 # λ_n for a longest match of n tokens (index n; no match: no mixing).
 LAMBDAS = (0.0, 0.19, 0.28, 0.33, 0.39, 0.44, 0.49, 0.50, 0.61, 0.48, 0.47, 0.72, 0.79)
 _GAP = -1  # between segments, so no match spans two of them
+CONFIG_KEY = "ngram_cache_lambdas"  # in a model's config.json: weights fitted for that model
+
+
+def check_lambdas(lambdas: Sequence[float]) -> tuple[float, ...]:
+    """`lambdas` as a tuple, or ValueError saying why they cannot be cache weights."""
+    try:
+        values = tuple(float(lam) for lam in lambdas)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"n-gram cache weights must be a list of numbers (got {lambdas!r})") from e
+    if len(values) < 2 or any(not 0 <= lam < 1 for lam in values):
+        raise ValueError("n-gram cache weights must be weights in [0, 1), one per match length "
+                         f"from 0 (got {list(values)})")
+    return values
+
+
+def model_lambdas(config) -> tuple[float, ...]:
+    """The cache weights fitted for the model whose HF `config` this is, else `LAMBDAS`."""
+    fitted = getattr(config, CONFIG_KEY, None)
+    if fitted is None:
+        return LAMBDAS
+    try:
+        return check_lambdas(fitted)
+    except ValueError as e:
+        raise ValueError(f"{CONFIG_KEY} in the model's config.json: {e}") from e
 
 
 class NgramCache:
@@ -37,8 +62,7 @@ class NgramCache:
 
     def __init__(self, memory: Iterable[Sequence[int]], history: Sequence[int],
                  lambdas: Sequence[float] = LAMBDAS, skip_ids: Iterable[int] = ()):
-        if len(lambdas) < 2 or any(not 0 <= lam < 1 for lam in lambdas):
-            raise ValueError("lambdas must be weights in [0, 1), one per match length from 0")
+        lambdas = check_lambdas(lambdas)
         gap = np.array([_GAP], dtype=np.int64)
         parts = [piece for segment in memory if len(segment)
                  for piece in (np.asarray(segment, dtype=np.int64), gap)]
@@ -47,12 +71,13 @@ class NgramCache:
         self._ids = np.empty(max(len(ids) * 2, 256), dtype=np.int64)
         self._ids[: len(ids)] = ids
         self._len = len(ids)
-        self.lambdas = tuple(lambdas)
+        self.lambdas = lambdas
         self.skip = np.array(sorted(set(skip_ids) | {_GAP}), dtype=np.int64)
 
     @classmethod
     def for_text(cls, tokenizer, before: str, after: str = "",
-                 chunks: Iterable[str] = (), max_chars: int = 65_536) -> NgramCache:
+                 chunks: Iterable[str] = (), max_chars: int = 65_536,
+                 lambdas: Sequence[float] = LAMBDAS) -> NgramCache:
         """A cache over the text `before` the cursor (the history), `after` it and `chunks`.
 
         At most `max_chars` of each side nearest the cursor are read, so a huge file costs a
@@ -60,7 +85,7 @@ class NgramCache:
         """
         texts = [after[:max_chars], *chunks, before[-max_chars:]]
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return cls(ids[:-1], ids[-1], skip_ids=tokenizer.all_special_ids)
+        return cls(ids[:-1], ids[-1], lambdas, skip_ids=tokenizer.all_special_ids)
 
     def fork(self) -> NgramCache:
         """An independent copy, for a second continuation of the same history."""
