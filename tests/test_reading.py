@@ -179,7 +179,7 @@ def test_a_stream_resumed_after_a_pass_over_its_reading_rows_sees_the_same_rows(
         assert np.array_equal(whole.next_row()[0], resumed.next_row()[0])
 
 
-@pytest.mark.parametrize("stage", ["default-stage13", "default-stage14"])
+@pytest.mark.parametrize("stage", ["default-stage13", "default-stage14", "default-stage15"])
 def test_the_reading_recipes_load_and_their_runs_resume(corpus_dir, tmp_path, stage):
     from codeslm.train.pretrain import train
 
