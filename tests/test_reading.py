@@ -179,7 +179,8 @@ def test_a_stream_resumed_after_a_pass_over_its_reading_rows_sees_the_same_rows(
         assert np.array_equal(whole.next_row()[0], resumed.next_row()[0])
 
 
-@pytest.mark.parametrize("stage", ["default-stage13", "default-stage14", "default-stage15"])
+@pytest.mark.parametrize("stage", ["default-stage13", "default-stage14", "default-stage15",
+                                   "default-stage16"])
 def test_the_reading_recipes_load_and_their_runs_resume(corpus_dir, tmp_path, stage):
     from codeslm.train.pretrain import train
 
@@ -189,6 +190,7 @@ def test_the_reading_recipes_load_and_their_runs_resume(corpus_dir, tmp_path, st
     assert recipe.reading_loss_share == raw.get("reading_loss_share", 0.0)
     assert recipe.reading_mix == tuple(raw.get("reading_mix", recipe.reading_mix))
     assert recipe.init_from == "src/codeslm/assets/default-model" and recipe.seq_len == 512
+    assert recipe.trainable == tuple(raw.get("trainable", ()))
     small = recipe.with_overrides(
         corpus=str(corpus_dir), size="nano", seq_len=192, batch_size=4, max_steps=6,
         warmup_steps=2, retrieval_pool=200, retrieval_context_tokens=64, reading_pool=200,

@@ -390,3 +390,18 @@ def test_model_learns_to_copy_from_retrieved_chunks(tmp_path):
                                   path=f"{package}/use.py"), name)
     # Measured: 0.59 after 600 steps, the model having seen none of these names in training.
     assert right < 0.7 * wrong
+
+
+def test_a_stage_may_train_only_the_parameters_it_names(corpus_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    first = train(small(corpus_dir, tmp_path / "one", max_steps=4), progress=False)
+    second = train(small(corpus_dir, tmp_path / "two", max_steps=4, init_from=str(first.export_dir),
+                         trainable=["*.self_attn.*"]), progress=False)
+    before = load_file(first.export_dir / "model.safetensors")
+    after = load_file(second.export_dir / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(".self_attn." in name for name in changed)
+    assert any(name.endswith("q_proj.weight") for name in changed)
+    with pytest.raises(TrainingError, match="'\\*.attention.\\*' names no parameter"):
+        train(small(corpus_dir, tmp_path / "three", trainable=["*.attention.*"]), progress=False)

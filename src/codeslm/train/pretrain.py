@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +81,21 @@ def lr_factor(step: int, settings: TrainSettings) -> float:
 
 
 def make_optimizer(model, settings: TrainSettings):
+    """AdamW over the parameters `settings.trainable` names (all when empty; the others are
+    frozen) and its warmup-cosine schedule."""
+    named = list(model.named_parameters())
+    unmatched = [pattern for pattern in settings.trainable
+                 if not any(fnmatchcase(name, pattern) for name, _ in named)]
+    if unmatched:
+        raise TrainingError(f"trainable: {', '.join(map(repr, unmatched))} names no parameter of "
+                            f"the model (its names look like {named[1][0]!r})")
     decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.dim() >= 2 else no_decay).append(p)
+    for name, p in named:
+        trained = not settings.trainable or any(fnmatchcase(name, pattern)
+                                                for pattern in settings.trainable)
+        p.requires_grad_(trained)
+        if trained:
+            (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": settings.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -74,6 +74,10 @@ class TrainSettings:
     # Start from the weights of this exported model (same shape and tokenizer) instead of random
     # ones: a second stage that continues an earlier run with a fresh schedule.
     init_from: str | None = None
+    # The parameters trained: shell-style patterns over their names (`*.self_attn.*` for every
+    # attention projection); empty trains them all. The others keep the weights they start with,
+    # so a stage that should change one skill leaves what the rest of the model knows alone.
+    trainable: tuple[str, ...] = ()
     # This process only: may differ between a run and its resumption.
     device: str = "auto"
     # CPU threads (0: torch's default). One thread per busy core: on a shared machine two
@@ -106,6 +110,8 @@ class TrainSettings:
     def __post_init__(self):
         # A recipe's JSON list, so that a resumed run compares equal to the run it resumes.
         object.__setattr__(self, "reading_mix", tuple(float(x) for x in self.reading_mix))
+        trainable = (self.trainable,) if isinstance(self.trainable, str) else self.trainable
+        object.__setattr__(self, "trainable", tuple(str(x) for x in trainable))
 
     def identity(self) -> dict:
         """The settings a resumed run must share with the run it resumes."""
