@@ -100,8 +100,8 @@ def main() -> None:
     points = dict(read_point(text) for text in args.points)
     if len(points) < len(args.points):
         raise SystemExit("give every point its own label")
+    reference = next(iter(points.values()))
     for label, p in points.items():
-        reference = next(iter(points.values()))
         if p["repos"] != reference["repos"] or p["bpb_paths"] != reference["bpb_paths"]:
             print(f"warning: {label} was measured on other repositories than the first point",
                   file=sys.stderr)

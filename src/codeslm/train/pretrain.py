@@ -88,7 +88,7 @@ def make_optimizer(model, settings: TrainSettings):
                  if not any(fnmatchcase(name, pattern) for name, _ in named)]
     if unmatched:
         raise TrainingError(f"trainable: {', '.join(map(repr, unmatched))} names no parameter of "
-                            f"the model (its names look like {named[1][0]!r})")
+                            f"the model (its names look like {named[0][0]!r})")
     decay, no_decay = [], []
     for name, p in named:
         trained = not settings.trainable or any(fnmatchcase(name, pattern)
