@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import threading
 import time
 import uuid
@@ -169,6 +171,16 @@ def build_server(service: CompletionService) -> CodeslmLanguageServer:
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: CodeslmLanguageServer, _params=None):
         ls.service.close()
+
+    @server.feature(types.EXIT)
+    def exit_(ls: CodeslmLanguageServer, _params=None):
+        # Leave at once, as `exit` asks: pygls would first wind down asyncio and its thread pool,
+        # which waits on work still running and on its reader, blocked on stdin.
+        closing = threading.Thread(target=ls.service.close, daemon=True)
+        closing.start()
+        closing.join(timeout=10)
+        sys.stderr.flush()
+        os._exit(0 if getattr(ls.protocol, "_shutdown", True) else 1)
 
     return server
 
