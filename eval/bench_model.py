@@ -63,7 +63,7 @@ def training_rows(settings, n_steps: int, compile_model: bool) -> list[dict]:
         optimizer, scheduler = make_optimizer(ours, settings)
 
         def step(forward=forward, ours=ours, optimizer=optimizer, scheduler=scheduler):
-            x, y, w = stream.next_batch(settings.batch_size)
+            x, y, w, _ = stream.next_batch(settings.batch_size)
             token_loss(forward, x, y, bf16, weights=w).backward()
             torch.nn.utils.clip_grad_norm_(ours.parameters(), settings.grad_clip)
             optimizer.step()

@@ -121,7 +121,7 @@ def test_reading_targets_carry_their_share_of_each_batch_loss_and_may_leave_out_
             192, 0.5, 1.0, 0.0, 0, reading_rate=0.5, reading_loss_share=share,
             reading_end_loss=False), reading=examples)
         for _ in range(4):
-            x, labels, weights = stream.next_batch(8)
+            x, labels, weights, _ = stream.next_batch(8)
             targets = labels != -100
             assert torch.equal(weights > 0, targets)
             # Which targets are reading targets: those the rows' reading examples ask for.

@@ -287,6 +287,9 @@ def tokenizer_train_cmd(corpus_dir, vocab_size, out_dir):
 @click.option("--seed", type=int, default=None)
 @click.option("--init-from", default=None,
               help="Start from this exported model's weights (same shape and tokenizer).")
+@click.option("--anchor-kl", type=float, default=None,
+              help="Weight of the KL divergence from the --init-from model's predictions on "
+                   "ordinary targets (keeps what it predicts without a chunk).")
 @click.option("--device", default=None, help="auto (CUDA if present), cpu or cuda[:N].")
 @click.option("--threads", type=int, default=None,
               help="CPU threads (0: torch's default; 1 is fastest on a busy machine).")
@@ -323,7 +326,8 @@ def train_cmd(recipe, resume, until_step, export_latest, quiet, **overrides):
                        f"val bits/byte {entry['val_bpb']:.4f}", err=True)
         elif entry["step"] % (settings.log_every * 10) == 0:
             mfu = f", MFU {entry['mfu'] * 100:.2f}%" if entry.get("mfu") else ""
-            click.echo(f"step {entry['step']}: loss {entry['loss']:.4f}, lr {entry['lr']:.2e}, "
+            kl = f", anchor KL {entry['anchor_kl']:.4f}" if "anchor_kl" in entry else ""
+            click.echo(f"step {entry['step']}: loss {entry['loss']:.4f}{kl}, lr {entry['lr']:.2e}, "
                        f"{entry['tok_s']:.0f} tok/s{mfu}", err=True)
 
     result = train(settings, resume=resume, until_step=until_step, progress=not quiet, on_log=show)

@@ -105,12 +105,18 @@ def make_optimizer(model, settings: TrainSettings):
     return optimizer, scheduler
 
 
-def token_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, bf16: bool, reduction="mean",
-               weights: torch.Tensor | None = None):
-    """Cross-entropy of next tokens (labels already shifted; -100 ignored), in fp32; with
-    `weights`, each token's loss is weighted and "mean" divides by the weights' sum."""
+def model_logits(model, input_ids: torch.Tensor, bf16: bool) -> torch.Tensor:
     with torch.autocast(device_type=input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(input_ids=input_ids).logits
+        return model(input_ids=input_ids).logits
+
+
+def token_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, bf16: bool, reduction="mean",
+               weights: torch.Tensor | None = None, logits: torch.Tensor | None = None):
+    """Cross-entropy of next tokens (labels already shifted; -100 ignored), in fp32; with
+    `weights`, each token's loss is weighted and "mean" divides by the weights' sum. `logits`,
+    when given, are the model's for `input_ids` already."""
+    if logits is None:
+        logits = model_logits(model, input_ids, bf16)
     losses = torch.nn.functional.cross_entropy(
         logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
         reduction=reduction if weights is None else "none",
@@ -119,6 +125,17 @@ def token_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, bf16: bool,
         return losses
     total = (losses * weights.flatten()).sum()
     return total / weights.sum() if reduction == "mean" else total
+
+
+def anchor_divergence(logits: torch.Tensor, reference: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+    """Mean KL divergence of the model's next-token distributions from the reference model's
+    (nats per token) over the positions `mask` marks; 0 when it marks none."""
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    log_p = torch.log_softmax(logits[mask].float(), dim=-1)
+    log_ref = torch.log_softmax(reference[mask].float(), dim=-1)
+    return torch.nn.functional.kl_div(log_p, log_ref, log_target=True, reduction="batchmean")
 
 
 @torch.no_grad()
@@ -247,6 +264,11 @@ def train(
         load_initial_weights(model, Path(settings.init_from), tokenizer)
     model = model.to(device).train()
     optimizer, scheduler = make_optimizer(model, settings)
+    reference = None
+    if settings.anchor_kl > 0:
+        reference = build_model(settings, tokenizer)
+        load_initial_weights(reference, Path(settings.init_from), tokenizer)
+        reference = reference.to(device).eval().requires_grad_(False)
     if not world.main:
         barrier(world)  # rank 0 builds the run's cached rows first; the others read them
     contexts = None
@@ -342,22 +364,30 @@ def train(
     bar = tqdm(
         total=settings.max_steps, initial=step, disable=not progress, unit="step", desc="train"
     )
-    interval_start, interval_tokens, losses = time.perf_counter(), 0, []
+    interval_start, interval_tokens, losses, divergences = time.perf_counter(), 0, [], []
     while step < stop:
         for _ in range(settings.grad_accum):
-            x, y, w = stream.next_batch(settings.batch_size)
-            x, y, w = (shard(t, world).to(device) for t in (x, y, w))
+            x, y, w, plain = stream.next_batch(settings.batch_size)
+            x, y, w, plain = (shard(t, world).to(device) for t in (x, y, w, plain))
+            logits = model_logits(forward, x, bf16)
             if world.distributed:
                 # Summed over this rank's targets, over the global batch's weight, times the ranks
                 # DDP averages over: the gradient of the global batch's weighted mean loss.
-                total = token_loss(forward, x, y, bf16, reduction="sum", weights=w)
+                total = token_loss(forward, x, y, bf16, reduction="sum", weights=w, logits=logits)
                 count = global_sum(w.sum().reshape(1), world)
                 loss = total * world.size / count / settings.grad_accum
                 mean = global_sum(total.detach().reshape(1), world) / count
                 losses.append(float(mean))
             else:
-                loss = token_loss(forward, x, y, bf16, weights=w) / settings.grad_accum
-                losses.append(float(loss.detach()) * settings.grad_accum)
+                loss = token_loss(forward, x, y, bf16, weights=w, logits=logits)
+                losses.append(float(loss.detach()))
+                loss = loss / settings.grad_accum
+            if reference is not None:
+                with torch.no_grad():
+                    fixed = model_logits(reference, x, bf16)
+                divergence = anchor_divergence(logits, fixed, plain)
+                divergences.append(float(divergence.detach()))
+                loss = loss + settings.anchor_kl * divergence / settings.grad_accum
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
@@ -377,6 +407,9 @@ def train(
                 "tok_s": tok_s,
                 "mfu": tok_s * flops_tok / peak if peak else None,
             }
+            if divergences:
+                entry["anchor_kl"] = float(np.mean(divergences))
+                divergences.clear()
             log(entry)
             bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{tok_s:.0f}")
             losses.clear()

@@ -78,6 +78,11 @@ class TrainSettings:
     # attention projection); empty trains them all. The others keep the weights they start with,
     # so a stage that should change one skill leaves what the rest of the model knows alone.
     trainable: tuple[str, ...] = ()
+    # Weight of a term that keeps the model's next-token distribution near the `init_from`
+    # model's on every target but the reading rows' (KL divergence from the starting model's,
+    # nats per token): a stage that teaches reading should not move what the model predicts
+    # without a chunk. 0 leaves it out.
+    anchor_kl: float = 0.0
     # This process only: may differ between a run and its resumption.
     device: str = "auto"
     # CPU threads (0: torch's default). One thread per busy core: on a shared machine two
@@ -163,6 +168,10 @@ class TrainSettings:
             problems.append("copy_loss_share must be at least 0 and below 1")
         if self.reading_loss_share + self.copy_loss_share >= 1.0:
             problems.append("reading_loss_share and copy_loss_share must sum to below 1")
+        if self.anchor_kl < 0:
+            problems.append("anchor_kl must be at least 0")
+        if self.anchor_kl > 0 and not self.init_from:
+            problems.append("anchor_kl needs init_from (the model it keeps the predictions of)")
         if self.lr <= 0:
             problems.append("lr must be positive")
         if self.warmup_steps < 0:

@@ -246,11 +246,12 @@ class TrainingStream:
             return self._copy_row(width)
         return self._take_plain(width)
 
-    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`(input_ids, labels, weights)`, each (batch_size, seq_len): labels are -100 where
-        masked, and the loss is the weighted mean. Weights are 1 but for reading targets and
-        copied spans, which get the weight that gives them `reading_loss_share` and
-        `copy_loss_share` of the batch's loss (when the batch holds them and other targets)."""
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """`(input_ids, labels, weights, plain)`, each (batch_size, seq_len): labels are -100
+        where masked, and the loss is the weighted mean. Weights are 1 but for reading targets
+        and copied spans, which get the weight that gives them `reading_loss_share` and
+        `copy_loss_share` of the batch's loss (when the batch holds them and other targets).
+        `plain` marks the ordinary targets (neither reading nor copying)."""
         rows, masks = zip(*(self.next_row() for _ in range(batch_size)), strict=True)
         rows_t = torch.from_numpy(np.stack(rows))
         kinds = np.stack(masks)[:, 1:].astype(np.int8)
@@ -266,7 +267,8 @@ class TrainingStream:
             total = rest / (1 - sum(shares.values()))
             for k, s in shares.items():
                 weights[kinds == k] = s * total / int((kinds == k).sum())
-        return rows_t[:, :-1].contiguous(), labels, torch.from_numpy(weights)
+        return (rows_t[:, :-1].contiguous(), labels, torch.from_numpy(weights),
+                torch.from_numpy(kinds == PLAIN))
 
     def state(self) -> dict:
         return {
