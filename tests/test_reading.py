@@ -180,7 +180,7 @@ def test_a_stream_resumed_after_a_pass_over_its_reading_rows_sees_the_same_rows(
 
 
 @pytest.mark.parametrize("stage", ["default-stage13", "default-stage14", "default-stage15",
-                                   "default-stage16"])
+                                   "default-stage16", "default-stage17"])
 def test_the_reading_recipes_load_and_their_runs_resume(corpus_dir, tmp_path, stage):
     from codeslm.train.pretrain import train
 
@@ -196,6 +196,11 @@ def test_the_reading_recipes_load_and_their_runs_resume(corpus_dir, tmp_path, st
         warmup_steps=2, retrieval_pool=200, retrieval_context_tokens=64, reading_pool=200,
         eval_every=1000, eval_rows=4, log_every=1, precision="fp32", init_from="",
         checkpoint_every_s=0.0)
+    assert recipe.anchor_kl == raw.get("anchor_kl", 0.0)
+    if recipe.anchor_kl > 0:  # the model it anchors to, of the test's size
+        start = train(small.with_overrides(run_dir=str(tmp_path / "start"), anchor_kl=0.0,
+                                           max_steps=2), progress=False)
+        small = small.with_overrides(init_from=str(start.export_dir))
     whole = train(small.with_overrides(run_dir=str(tmp_path / "whole")), progress=False)
     split = small.with_overrides(run_dir=str(tmp_path / "split"))
     assert train(split, until_step=3, progress=False).step == 3
