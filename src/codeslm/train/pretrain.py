@@ -111,12 +111,15 @@ def model_logits(model, input_ids: torch.Tensor, bf16: bool) -> torch.Tensor:
 
 
 def token_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, bf16: bool, reduction="mean",
-               weights: torch.Tensor | None = None, logits: torch.Tensor | None = None):
+               weights: torch.Tensor | None = None):
+    """Cross-entropy of the model's next tokens (see `logits_loss`)."""
+    return logits_loss(model_logits(model, input_ids, bf16), labels, reduction, weights)
+
+
+def logits_loss(logits: torch.Tensor, labels: torch.Tensor, reduction="mean",
+                weights: torch.Tensor | None = None):
     """Cross-entropy of next tokens (labels already shifted; -100 ignored), in fp32; with
-    `weights`, each token's loss is weighted and "mean" divides by the weights' sum. `logits`,
-    when given, are the model's for `input_ids` already."""
-    if logits is None:
-        logits = model_logits(model, input_ids, bf16)
+    `weights`, each token's loss is weighted and "mean" divides by the weights' sum."""
     losses = torch.nn.functional.cross_entropy(
         logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
         reduction=reduction if weights is None else "none",
@@ -373,13 +376,13 @@ def train(
             if world.distributed:
                 # Summed over this rank's targets, over the global batch's weight, times the ranks
                 # DDP averages over: the gradient of the global batch's weighted mean loss.
-                total = token_loss(forward, x, y, bf16, reduction="sum", weights=w, logits=logits)
+                total = logits_loss(logits, y, reduction="sum", weights=w)
                 count = global_sum(w.sum().reshape(1), world)
                 loss = total * world.size / count / settings.grad_accum
                 mean = global_sum(total.detach().reshape(1), world) / count
                 losses.append(float(mean))
             else:
-                loss = token_loss(forward, x, y, bf16, weights=w, logits=logits)
+                loss = logits_loss(logits, y, weights=w)
                 losses.append(float(loss.detach()))
                 loss = loss / settings.grad_accum
             if reference is not None:

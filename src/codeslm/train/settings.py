@@ -79,9 +79,9 @@ class TrainSettings:
     # so a stage that should change one skill leaves what the rest of the model knows alone.
     trainable: tuple[str, ...] = ()
     # Weight of a term that keeps the model's next-token distribution near the `init_from`
-    # model's on every target but the reading rows' (KL divergence from the starting model's,
-    # nats per token): a stage that teaches reading should not move what the model predicts
-    # without a chunk. 0 leaves it out.
+    # model's on the ordinary targets, not reading lines or copied spans (KL divergence from the
+    # starting model's, nats per token): a stage that teaches reading should not move what the
+    # model predicts without a chunk. 0 leaves it out.
     anchor_kl: float = 0.0
     # This process only: may differ between a run and its resumption.
     device: str = "auto"
