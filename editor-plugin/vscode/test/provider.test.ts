@@ -14,7 +14,8 @@ import { after, before, describe, test } from "node:test";
 
 import * as vscode from "vscode";
 import {
-  CancellationTokenSource, createProtocolConnection, ProtocolConnection, StreamMessageReader, StreamMessageWriter,
+  CancellationTokenSource, createProtocolConnection, ErrorCodes, ProtocolConnection, ResponseError, StreamMessageReader,
+  StreamMessageWriter,
 } from "vscode-languageserver-protocol/node";
 
 import { CodeslmInlineProvider, languageEnabled, Settings } from "../src/provider";
@@ -35,9 +36,19 @@ const logs: string[] = [];
 let stderr = "";
 let settings: Settings = { enable: true, languages: ["*"] };
 
+/**
+ * Stands where vscode-languageclient's sendRequest stands: once the server has died it rejects
+ * without writing to the closed pipe, as the client does once it has stopped.
+ */
+function request(method: string, params: unknown, token?: vscode.CancellationToken): Promise<unknown> {
+  if (proc.exitCode !== null || proc.signalCode !== null) {
+    return Promise.reject(new ResponseError(ErrorCodes.ConnectionInactive, "Client is not running"));
+  }
+  return conn.sendRequest(method, params, token as any) as Promise<unknown>;
+}
 const send = (method: string, params: unknown, token: vscode.CancellationToken) => {
   sent.push({ method, params });
-  return conn.sendRequest(method, params, token as any) as Promise<unknown>;
+  return request(method, params, token);
 };
 const provider = new CodeslmInlineProvider(send, () => settings);
 const automatic = { triggerKind: vscode.InlineCompletionTriggerKind.Automatic, selectedCompletionInfo: undefined };
@@ -154,7 +165,7 @@ describe("against codeslm lsp", () => {
 
   test("the status bar shows ready with the last latency", async () => {
     const item = { text: "", tooltip: "", command: "", show() {} } as unknown as vscode.StatusBarItem;
-    const view = new StatusView(item, () => conn.sendRequest("codeslm/status", {}) as Promise<ServerStatus>, () => true);
+    const view = new StatusView(item, () => request("codeslm/status", {}) as Promise<ServerStatus>, () => true);
     const look = await until(async () => {
       const l = await view.refresh(provider.lastLatencyMs);
       return l.state === "ready" ? l : undefined;
@@ -171,7 +182,7 @@ describe("against codeslm lsp", () => {
     assert.equal(items, undefined);
     assert.ok(provider.lastError);
     const item = { text: "", tooltip: "", command: "", show() {} } as unknown as vscode.StatusBarItem;
-    const view = new StatusView(item, () => conn.sendRequest("codeslm/status", {}) as Promise<ServerStatus>, () => true);
+    const view = new StatusView(item, () => request("codeslm/status", {}) as Promise<ServerStatus>, () => true);
     assert.equal((await view.refresh()).state, "error");
   });
 });
