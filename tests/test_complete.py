@@ -16,6 +16,7 @@ from codeslm.complete import (
     CompletionSettings,
     split_at_cursor,
 )
+from codeslm.complete.engine import ends_at_cursor
 from codeslm.complete.postprocess import StopRule, trim_suffix_overlap, word_fragment
 from codeslm.errors import CodeslmError, ModelError
 
@@ -140,6 +141,36 @@ def test_never_retrieves_the_cursor_chunk_or_what_follows(nano, repo):
     # The query is run()'s own text: without the exclusion main.py would rank first.
     assert result.retrieved and all(c.path != "main.py" for c in result.retrieved)
     assert "glorpified" not in result.text
+
+
+def test_a_copy_of_the_file_cut_at_the_cursor_is_left_out(nano, tmp_path):
+    from codeslm.index import Index, build_index
+
+    root = write_repo(tmp_path / "demo")
+    prefix = caller_prefix("polish", "widget")
+    (root / "draft.py").write_text(prefix)  # main.py saved under another name, cut at the cursor
+    build_index(root, tmp_path / "index", dense=False, progress=False)
+    index = Index.open(tmp_path / "index")
+    try:
+        engine = engine_for(nano, index, k=10)
+        file, line, col = CURSOR
+        result = engine.complete_file(root / file, line, col)
+        assert "draft.py" not in [c.path for c in result.retrieved]
+        assert "helpers.py" in [c.path for c in result.retrieved]
+        # The same holds for a chunk a client sends: it does not reach the prompt.
+        plain = engine.complete(CompletionRequest(prefix, "\n", "main.py"))
+        sent = engine.complete(CompletionRequest(prefix, "\n", "main.py", extra_context=[("buf.py", prefix)]))
+        assert sent.prompt_tokens == plain.prompt_tokens
+    finally:
+        index.close()
+
+
+def test_ends_at_cursor_needs_the_chunk_to_stop_where_the_prefix_does():
+    prefix = "def drain(queue):\n    while len(queue):\n        yield queue."
+    assert ends_at_cursor("x = 1\n\n" + prefix + "\n", prefix)
+    assert not ends_at_cursor(prefix + "pop()\n", prefix)
+    assert not ends_at_cursor("yield queue.", prefix)  # only the cursor line, not the one above
+    assert not ends_at_cursor("x = 1\n", "x = 1\n")  # too little to tell a copy
 
 
 def test_chunks_beyond_the_prompts_feed_only_the_ngram_cache(nano, repo):
