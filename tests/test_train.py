@@ -438,5 +438,18 @@ def test_an_anchored_stage_keeps_the_starting_models_predictions(corpus_dir, tmp
     # The anchor holds the predictions on text neither run trained on (measured: 0.93 nats per
     # token without it, 0.014 with it).
     assert moved[20.0] < 0.2 * moved[0.0]
-    with pytest.raises(TrainingError, match="anchor_kl needs init_from"):
+
+    # A stage that continues the unanchored run, anchored to the start: it is drawn back to the
+    # start's predictions rather than held at its own.
+    back = train(small(corpus_dir, tmp_path / "back", max_steps=12, lr=3e-2,
+                       init_from=str(runs[0.0].export_dir), anchor_to=str(start.export_dir),
+                       anchor_kl=20.0), progress=False)
+    with torch.no_grad():
+        returned = float(anchor_divergence(LlamaForCausalLM.from_pretrained(back.export_dir)(input_ids=x).logits,
+                                           before, torch.ones(x.shape, dtype=torch.bool)))
+    print(f"divergence from the start: {moved[0.0]:.3f} unanchored, {returned:.3f} anchored back")
+    assert returned < 0.5 * moved[0.0]
+    with pytest.raises(TrainingError, match="anchor_kl needs init_from or anchor_to"):
         train(small(corpus_dir, tmp_path / "alone", anchor_kl=1.0), progress=False)
+    with pytest.raises(TrainingError, match="anchor_to is only read with anchor_kl"):
+        train(small(corpus_dir, tmp_path / "loose", anchor_to=str(start.export_dir)), progress=False)

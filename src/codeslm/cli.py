@@ -290,6 +290,8 @@ def tokenizer_train_cmd(corpus_dir, vocab_size, out_dir):
 @click.option("--anchor-kl", type=float, default=None,
               help="Weight of the KL divergence from the --init-from model's predictions on "
                    "ordinary targets (keeps what it predicts without a chunk).")
+@click.option("--anchor-to", default=None,
+              help="The exported model --anchor-kl keeps the predictions of, if not --init-from.")
 @click.option("--device", default=None, help="auto (CUDA if present), cpu or cuda[:N].")
 @click.option("--threads", type=int, default=None,
               help="CPU threads (0: torch's default; 1 is fastest on a busy machine).")

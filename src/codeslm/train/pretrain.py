@@ -270,7 +270,7 @@ def train(
     reference = None
     if settings.anchor_kl > 0:
         reference = build_model(settings, tokenizer)
-        load_initial_weights(reference, Path(settings.init_from), tokenizer)
+        load_initial_weights(reference, Path(settings.anchor_to or settings.init_from), tokenizer)
         reference = reference.to(device).eval().requires_grad_(False)
     if not world.main:
         barrier(world)  # rank 0 builds the run's cached rows first; the others read them

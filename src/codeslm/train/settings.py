@@ -83,6 +83,9 @@ class TrainSettings:
     # starting model's, nats per token): a stage that teaches reading should not move what the
     # model predicts without a chunk. 0 leaves it out.
     anchor_kl: float = 0.0
+    # The exported model `anchor_kl` holds the predictions of, when not `init_from`: a stage that
+    # continues an anchored one keeps the same reference, so the drift does not add up.
+    anchor_to: str | None = None
     # This process only: may differ between a run and its resumption.
     device: str = "auto"
     # CPU threads (0: torch's default). One thread per busy core: on a shared machine two
@@ -170,8 +173,10 @@ class TrainSettings:
             problems.append("reading_loss_share and copy_loss_share must sum to below 1")
         if self.anchor_kl < 0:
             problems.append("anchor_kl must be at least 0")
-        if self.anchor_kl > 0 and not self.init_from:
-            problems.append("anchor_kl needs init_from (the model it keeps the predictions of)")
+        if self.anchor_kl > 0 and not (self.anchor_to or self.init_from):
+            problems.append("anchor_kl needs init_from or anchor_to (the model it keeps the predictions of)")
+        if self.anchor_to and self.anchor_kl <= 0:
+            problems.append("anchor_to is only read with anchor_kl above 0")
         if self.lr <= 0:
             problems.append("lr must be positive")
         if self.warmup_steps < 0:
