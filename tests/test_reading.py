@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +181,7 @@ def test_a_stream_resumed_after_a_pass_over_its_reading_rows_sees_the_same_rows(
 
 
 @pytest.mark.parametrize("stage", ["default-stage13", "default-stage14", "default-stage15",
-                                   "default-stage16", "default-stage17"])
+                                   "default-stage16", "default-stage17", "default-stage18"])
 def test_the_reading_recipes_load_and_their_runs_resume(corpus_dir, tmp_path, stage):
     from codeslm.train.pretrain import train
 
@@ -189,7 +190,8 @@ def test_the_reading_recipes_load_and_their_runs_resume(corpus_dir, tmp_path, st
     assert recipe.reading_rate == raw["reading_rate"] > 0 and recipe.threads == 1
     assert recipe.reading_loss_share == raw.get("reading_loss_share", 0.0)
     assert recipe.reading_mix == tuple(raw.get("reading_mix", recipe.reading_mix))
-    assert recipe.init_from == "src/codeslm/assets/default-model" and recipe.seq_len == 512
+    # Each starts from an earlier stage's export, not from whatever the shipped weights are now.
+    assert re.fullmatch(r"runs/default-stage1[27]/export", recipe.init_from) and recipe.seq_len == 512
     assert recipe.trainable == tuple(raw.get("trainable", ()))
     small = recipe.with_overrides(
         corpus=str(corpus_dir), size="nano", seq_len=192, batch_size=4, max_steps=6,
@@ -199,8 +201,9 @@ def test_the_reading_recipes_load_and_their_runs_resume(corpus_dir, tmp_path, st
     assert recipe.anchor_kl == raw.get("anchor_kl", 0.0)
     if recipe.anchor_kl > 0:  # the model it anchors to, of the test's size
         start = train(small.with_overrides(run_dir=str(tmp_path / "start"), anchor_kl=0.0,
-                                           max_steps=2), progress=False)
-        small = small.with_overrides(init_from=str(start.export_dir))
+                                           anchor_to="", max_steps=2), progress=False)
+        small = small.with_overrides(init_from=str(start.export_dir),
+                                     anchor_to=str(start.export_dir) if recipe.anchor_to else "")
     whole = train(small.with_overrides(run_dir=str(tmp_path / "whole")), progress=False)
     split = small.with_overrides(run_dir=str(tmp_path / "split"))
     assert train(split, until_step=3, progress=False).step == 3
