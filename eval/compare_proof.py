@@ -30,7 +30,10 @@ def line_scores(run: Path) -> tuple[str, dict[str, dict[str, tuple[float, float]
         raise SystemExit(f"{run}: not a run of eval/proof_repo.py ({e})") from e
     systems: dict[str, dict[str, tuple[float, float]]] = {}
     for project, info in proof["projects"].items():
-        for path in sorted(Path(info["run_dir"]).glob("tasks-*.jsonl")):
+        project_run = Path(info["run_dir"])
+        if not project_run.is_dir():  # a run kept in the repository, read from another checkout
+            project_run = run.parent / project_run.name
+        for path in sorted(project_run.glob("tasks-*.jsonl")):
             scores = systems.setdefault(path.stem[len("tasks-"):], {})
             for line in path.open(encoding="utf-8"):
                 task = json.loads(line)
