@@ -1,7 +1,8 @@
 """The completion engine: cursor context -> retrieval -> prompt -> tiny model -> completion.
 
 `CompletionEngine.complete` windows the text around the cursor in tokens, queries the index with
-the last lines of the prefix (never the cursor's own chunk or anything after it), builds the
+the last lines of the prefix (never the cursor's own chunk or anything after it, nor a copy of
+the file that ends at the cursor), builds the
 repository-level FIM prompt, decodes with stop rules and a time budget (mixing in a token n-gram
 cache over the whole file and the retrieved chunks), and trims the result.
 A keystroke cache answers requests that only typed the start of the last suggestion.
