@@ -16,7 +16,7 @@ from codeslm.complete import (
     CompletionSettings,
     split_at_cursor,
 )
-from codeslm.complete.engine import ends_at_cursor
+from codeslm.complete.engine import cursor_tail, ends_at_cursor
 from codeslm.complete.postprocess import StopRule, trim_suffix_overlap, word_fragment
 from codeslm.errors import CodeslmError, ModelError
 
@@ -167,10 +167,11 @@ def test_a_copy_of_the_file_cut_at_the_cursor_is_left_out(nano, tmp_path):
 
 def test_ends_at_cursor_needs_the_chunk_to_stop_where_the_prefix_does():
     prefix = "def drain(queue):\n    while len(queue):\n        yield queue."
-    assert ends_at_cursor("x = 1\n\n" + prefix + "\n", prefix)
-    assert not ends_at_cursor(prefix + "pop()\n", prefix)
-    assert not ends_at_cursor("yield queue.", prefix)  # only the cursor line, not the one above
-    assert not ends_at_cursor("x = 1\n", "x = 1\n")  # too little to tell a copy
+    tail = cursor_tail(prefix)
+    assert ends_at_cursor("x = 1\n\n" + prefix + "\n", tail)
+    assert not ends_at_cursor(prefix + "pop()\n", tail)
+    assert not ends_at_cursor("yield queue.", tail)  # only the cursor line, not the one above
+    assert not ends_at_cursor("x = 1\n", cursor_tail("x = 1\n"))  # too little to tell a copy
 
 
 def test_chunks_beyond_the_prompts_feed_only_the_ngram_cache(nano, repo):

@@ -374,8 +374,8 @@ class CompletionEngine:
         # about how the code is used, nearer still.
         code = [(h.path, h.text) for h in reversed(hits) if h.in_prompt and h.kind != "teacher"]
         items = [(h.path, h.text) for h in reversed(hits) if h.in_prompt and h.kind == "teacher"]
-        context = code + items + [(p, t) for p, t in request.extra_context
-                                  if not ends_at_cursor(t, request.prefix)]
+        tail = cursor_tail(request.prefix)
+        context = code + items + [(p, t) for p, t in request.extra_context if not ends_at_cursor(t, tail)]
         # Prompt and new tokens stay within the positions the model was trained on.
         budget = prompt_budget(self.model, settings.max_prompt_tokens, settings.new_tokens())
         prompt = build_prompt(self.tokenizer, prefix, suffix, context, self.repo_name, max_tokens=budget,
@@ -438,12 +438,13 @@ class CompletionEngine:
             return []
         # Chunks of this file that the prefix window already shows would only repeat it.
         window_start = cursor_line - prefix.count("\n")
+        tail = cursor_tail(request.prefix)
         hits = [
             RetrievedChunk(h.chunk.path, h.chunk.start_line, h.chunk.end_line, h.chunk.symbol,
                            h.score, h.chunk.text)
             for h in found
             if not (h.chunk.path == request.path and h.chunk.end_line >= window_start)
-            and not ends_at_cursor(h.chunk.text, request.prefix)
+            and not ends_at_cursor(h.chunk.text, tail)
         ]
         hits = hits[: settings.chunks_wanted()]
         for hit in hits[settings.k :]:
@@ -525,15 +526,20 @@ class CompletionEngine:
             self._recent.popitem(last=False)
 
 
-def ends_at_cursor(text: str, prefix: str, lines: int = 2) -> bool:
-    """Whether chunk `text` ends with the last `lines` lines before the cursor (up to whitespace).
+def cursor_tail(prefix: str, lines: int = 2) -> str:
+    """The last `lines` lines before the cursor, stripped; "" when too short to tell a copy by."""
+    tail = "\n".join(prefix.rstrip().rsplit("\n", lines)[-lines:]).strip()
+    return tail if len(tail) >= 16 else ""
+
+
+def ends_at_cursor(text: str, tail: str) -> bool:
+    """Whether chunk `text` ends with the `cursor_tail` before the cursor (up to whitespace).
 
     Such a chunk is a copy of the file cut where the cursor stands (the file saved under another
     name, a buffer as it was): it shows nothing that follows, and a model that reads its chunks
     takes its end as the place to stop.
     """
-    tail = "\n".join(prefix.rstrip().split("\n")[-lines:]).strip()
-    return len(tail) >= 16 and text.rstrip().endswith(tail)
+    return bool(tail) and text.rstrip().endswith(tail)
 
 
 def split_at_cursor(text: str, line: int, col: int, name: str = "the file") -> tuple[str, str]:
